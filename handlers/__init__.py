@@ -1,0 +1,13 @@
+"""Tornado handlers: thin adapters between HTTP/WebSocket and the core."""
+
+from .rest import QueueStatusHandler
+from .websocket import TaskSocketHandler
+
+
+def routes(server):
+    """The URL table, each handler given the one `NotifyServer`."""
+    args = {"server": server}
+    return [
+        (r"/ws/tasks/?", TaskSocketHandler, args),
+        (r"/api/tasks/queue/status/?", QueueStatusHandler, args),
+    ]

@@ -1,0 +1,76 @@
+"""WebSocket: `/ws/tasks/`, the seed's socket (PROTOCOL.md section 1)."""
+
+import asyncio
+import logging
+
+import tornado.websocket
+
+from notify_server import messages
+from notify_server.messages import ProtocolError
+from notify_server.session import Session
+
+from .origin import origin_allowed
+
+log = logging.getLogger(__name__)
+
+
+class TaskSocketHandler(tornado.websocket.WebSocketHandler):
+    """One client socket.
+
+    On open the client joins the hub and receives every task event (or, after
+    `?last_event_id=ID`, the history after ID and then the live stream).
+    Actions: `get_queue_status`, `ping`, `subscribe`, `resume`. Bad frames get
+    an `error` reply and the socket stays open; a frame over
+    `max_message_size` closes it with 1009 (Tornado does this).
+    """
+
+    def initialize(self, server) -> None:
+        self.server = server
+        self.session = None
+
+    def check_origin(self, origin: str) -> bool:
+        return origin_allowed(origin, self.server.settings.allowed_origins)
+
+    def open(self) -> None:
+        self.session = Session(self._send)
+        last_event_id = self.get_query_argument("last_event_id", None)
+        if last_event_id is None:
+            self.server.hub.add(self.session)
+            return
+        try:
+            action = messages.parse_resume_argument(last_event_id)
+        except ProtocolError as exc:
+            self._send(messages.encode(exc.reply()))
+            self.server.hub.add(self.session)
+            return
+        self._start_resume(action.last_event_id)
+
+    def on_message(self, frame) -> None:
+        try:
+            action = messages.parse_action(frame)
+        except ProtocolError as exc:
+            self._send(messages.encode(exc.reply()))
+            return
+        if action.name == "get_queue_status":
+            self._send(self.server.queue_status_frame())
+        elif action.name == "ping":
+            self._send(self.server.pong_frame())
+        elif action.name == "subscribe":
+            self.session.subscribe(action.task_ids, action.avids)
+        elif action.name == "resume":
+            self._start_resume(action.last_event_id)
+
+    def on_close(self) -> None:
+        if self.session is not None:
+            self.server.hub.discard(self.session)
+
+    def _start_resume(self, last_event_id: str) -> None:
+        self.session.hold()
+        self.server.hub.add(self.session)
+        asyncio.ensure_future(self.server.resume(self.session, last_event_id))
+
+    def _send(self, frame: bytes) -> None:
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            return
+        self.write_message(frame)

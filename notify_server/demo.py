@@ -1,0 +1,60 @@
+"""The demo Celery app: `celery -A notify_server.demo worker`.
+
+Its broker and events Redis are $REDIS_URL (default redis://127.0.0.1:6379/0).
+`python -m notify_server.demo produce` keeps submitting demo tasks: most
+succeed, some fail, a few are scheduled with a countdown.
+"""
+
+import itertools
+import os
+import random
+import sys
+import time
+
+from celery import Celery
+
+from .worker import install
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+app = Celery("notify_server.demo", broker=REDIS_URL)
+app.conf.update(
+    task_acks_late=False,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+)
+notifier = install(app, REDIS_URL, prefix=os.environ.get("NOTIFY_PREFIX", "notify"))
+
+STEPS = 10
+
+
+@app.task(name="notify_server.demo.download")
+def download(avid: str, seconds: float = 1.0, fail: bool = False) -> str:
+    """Pretend to download `avid` for about `seconds`, reporting progress.
+
+    Returns a short message, or raises RuntimeError with a readable reason
+    when `fail` is true (half-way through, as a real failure would).
+    """
+    for step in range(1, STEPS + 1):
+        time.sleep(seconds / STEPS)
+        if fail and step == STEPS // 2:
+            raise RuntimeError(f"download of {avid} failed: the source went away at {step * 10}%")
+        notifier.progress(step, STEPS, f"{avid}: {step * 10}%")
+    return f"{avid} downloaded"
+
+
+def produce(interval: float = 1.5) -> None:
+    """Submit demo tasks forever: a mix of successes, failures and countdowns."""
+    for number in itertools.count(1):
+        avid = f"DEMO-{number:03d}"
+        roll = random.random()
+        if roll < 0.15:
+            download.apply_async((avid,), {"seconds": 2.0}, countdown=8)
+        else:
+            download.delay(avid, seconds=random.uniform(1.0, 6.0), fail=roll > 0.8)
+        time.sleep(interval)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["produce"]:
+    produce()

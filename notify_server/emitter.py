@@ -1,0 +1,117 @@
+"""Worker side: write task events to Redis (PROTOCOL.md section 3).
+
+Synchronous (redis-py), because Celery task bodies and signal handlers are.
+"""
+
+import collections
+import logging
+import os
+import threading
+import time
+from typing import Deque, Optional
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .messages import encode
+
+log = logging.getLogger(__name__)
+
+# XADD to the capped history, then PUBLISH {"id": <new id>, ...event} on the
+# channel, in one atomic step: a subscriber that sees an id can always find it
+# in the history. ARGV[1] is the event's JSON object, which starts with "{".
+EMIT_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])
+redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
+return id
+"""
+
+
+class Emitter:
+    """Writes events to the history stream and the live channel.
+
+    `emit` never raises and never blocks longer than about `timeout` seconds.
+    While Redis is unreachable, events wait in a buffer of `buffer_size`
+    (beyond it the oldest are dropped and counted in `dropped`); they are
+    written in order by the next `emit` or by a background flusher once Redis
+    answers again. One warning is logged per outage.
+
+    Safe across fork (Celery's prefork pool): each process lazily creates its
+    own connection, lock and buffer on first use. Safe to call from several
+    threads of one process.
+    """
+
+    def __init__(self, redis_url: str, *, prefix: str = "notify", history_maxlen: int = 10000,
+                 timeout: float = 0.5, buffer_size: int = 1000, retry_interval: float = 1.0):
+        self._url = redis_url
+        self._keys = [f"{prefix}:events:history", f"{prefix}:events"]
+        self._maxlen = history_maxlen
+        self._timeout, self._buffer_size, self._retry_interval = timeout, buffer_size, retry_interval
+        self._pid: Optional[int] = None
+        self.dropped = 0
+
+    def _ensure_process(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._pending: Deque[bytes] = collections.deque()
+        self._down_since: Optional[float] = None
+        self._retry_at = 0.0
+        self._flusher: Optional[threading.Thread] = None
+        client = redis.Redis.from_url(self._url, socket_timeout=self._timeout,
+                                      socket_connect_timeout=self._timeout,
+                                      retry=Retry(NoBackoff(), 0))
+        self._script = client.register_script(EMIT_SCRIPT)
+
+    def emit(self, message: dict) -> None:
+        """Queue `message` ({"type", "data"}) and write everything pending."""
+        payload = encode(message)
+        self._ensure_process()
+        with self._lock:
+            if len(self._pending) >= self._buffer_size:
+                self._pending.popleft()
+                self.dropped += 1
+            self._pending.append(payload)
+            self._flush_locked()
+
+    @property
+    def pending(self) -> int:
+        self._ensure_process()
+        return len(self._pending)
+
+    def _flush_locked(self) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        while self._pending:
+            try:
+                self._script(keys=self._keys, args=[self._pending[0], self._maxlen])
+            except RedisError as exc:
+                self._note_outage(exc)
+                return
+            self._pending.popleft()
+        if self._down_since is not None:
+            log.warning("notify: Redis is back after %.1f s; pending events written (%d dropped)",
+                        time.monotonic() - self._down_since, self.dropped)
+            self._down_since = None
+
+    def _note_outage(self, exc: Exception) -> None:
+        self._retry_at = time.monotonic() + self._retry_interval
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("notify: cannot write task events to Redis (%s); buffering up to %d",
+                        exc, self._buffer_size)
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=self._flush_until_empty,
+                                             name="notify-flusher", daemon=True)
+            self._flusher.start()
+
+    def _flush_until_empty(self) -> None:
+        while True:
+            time.sleep(self._retry_interval)
+            with self._lock:
+                self._flush_locked()
+                if not self._pending:
+                    return

@@ -1,0 +1,57 @@
+"""Reads of the event history stream (PROTOCOL.md section 3), with redis.asyncio.
+
+Used by the relay's gap fill and by client resumes. Every call may raise
+redis.exceptions.RedisError (or OSError) when Redis is unreachable; callers
+decide what that means for them.
+"""
+
+import logging
+from typing import AsyncIterator, List, Optional
+
+from redis.asyncio import Redis
+
+from .messages import Event, InvalidEvent, parse_event
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+class History:
+    def __init__(self, redis: Redis, stream: str):
+        self._redis, self._stream = redis, stream
+
+    async def contains(self, event_id: str) -> bool:
+        """Whether `event_id` is still retained in the history."""
+        return bool(await self._redis.xrange(self._stream, event_id, event_id, count=1))
+
+    async def after(self, event_id: str) -> AsyncIterator[List[Event]]:
+        """Yield, in batches and stream order, every event after `event_id`.
+
+        Reads up to the end of the stream as it is when each batch is read, so
+        events appended meanwhile are included. Entries that are not protocol
+        events are logged and skipped.
+        """
+        cursor = event_id
+        while True:
+            entries = await self._redis.xrange(self._stream, f"({cursor}", "+", count=BATCH)
+            if not entries:
+                return
+            yield [event for event in map(_to_event, entries) if event is not None]
+            cursor = _decode(entries[-1][0])
+            if len(entries) < BATCH:
+                return
+
+
+def _decode(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _to_event(entry) -> Optional[Event]:
+    entry_id, fields = _decode(entry[0]), entry[1]
+    payload = fields.get(b"event", fields.get("event"))
+    try:
+        return parse_event(payload if payload is not None else b"", stream_id=entry_id)
+    except InvalidEvent as exc:
+        log.warning("skipping history entry %s: %s", entry_id, exc)
+        return None

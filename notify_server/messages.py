@@ -1,0 +1,244 @@
+"""The wire protocol as plain data: building, encoding and parsing messages.
+
+Nothing here does I/O. Server-to-client messages are dicts
+``{"type": T, "data": {...}}`` (plus ``"id"`` for events from the history),
+encoded once with orjson. Client-to-server frames are parsed into an `Action`
+or rejected with a `ProtocolError` that carries a stable error code.
+"""
+
+import dataclasses
+from typing import Any, Optional, Tuple
+
+import orjson
+
+TASK_STARTED = "task_started"
+TASK_COMPLETED = "task_completed"
+TASK_FAILED = "task_failed"
+TASK_PROGRESS = "task_progress"
+TASK_RETRYING = "task_retrying"
+TASK_REVOKED = "task_revoked"
+QUEUE_STATUS = "queue_status"
+PONG = "pong"
+ERROR = "error"
+RESYNC = "resync"
+
+TASK_EVENT_TYPES = frozenset(
+    (TASK_STARTED, TASK_COMPLETED, TASK_FAILED, TASK_PROGRESS, TASK_RETRYING, TASK_REVOKED))
+
+# Stable error codes of `error` replies (PROTOCOL.md section 1).
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+BINARY_NOT_SUPPORTED = "binary_not_supported"
+MISSING_ACTION = "missing_action"
+UNKNOWN_ACTION = "unknown_action"
+INVALID_ARGUMENT = "invalid_argument"
+
+
+def task_started(task_id: str, avid: Any) -> dict:
+    return {"type": TASK_STARTED, "data": {"task_id": task_id, "avid": avid, "status": "started"}}
+
+
+def task_completed(task_id: str, avid: Any, message: str) -> dict:
+    return {"type": TASK_COMPLETED,
+            "data": {"task_id": task_id, "avid": avid, "status": "success", "message": message}}
+
+
+def task_failed(task_id: str, avid: Any, message: str) -> dict:
+    return {"type": TASK_FAILED,
+            "data": {"task_id": task_id, "avid": avid, "status": "failed", "message": message}}
+
+
+def task_retrying(task_id: str, avid: Any, message: str) -> dict:
+    return {"type": TASK_RETRYING,
+            "data": {"task_id": task_id, "avid": avid, "status": "retrying", "message": message}}
+
+
+def task_revoked(task_id: str, avid: Any, message: str) -> dict:
+    return {"type": TASK_REVOKED,
+            "data": {"task_id": task_id, "avid": avid, "status": "revoked", "message": message}}
+
+
+def task_progress(task_id: str, avid: Any, current: float, total: float, message: str) -> dict:
+    percent = round(100.0 * current / total, 1) if total else 0.0
+    return {"type": TASK_PROGRESS,
+            "data": {"task_id": task_id, "avid": avid, "status": "progress",
+                     "current": current, "total": total, "percent": percent,
+                     "message": message}}
+
+
+def queue_status(data: dict) -> dict:
+    return {"type": QUEUE_STATUS, "data": data}
+
+
+def pong(server_time: float) -> dict:
+    return {"type": PONG, "data": {"time": server_time}}
+
+
+def error(code: str, message: str) -> dict:
+    return {"type": ERROR, "data": {"code": code, "message": message}}
+
+
+def resync(reason: str) -> dict:
+    return {"type": RESYNC, "data": {"reason": reason}}
+
+
+def encode(message: dict) -> bytes:
+    """Serialise a message to UTF-8 JSON bytes, ready to be one text frame."""
+    return orjson.dumps(message)
+
+
+def safe_text(value: Any, limit: int = 1000) -> str:
+    """A short printable string for a reason or result: never raises."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # a broken __str__ must not break event emission
+        text = repr(type(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- events relayed from Redis ------------------------------------------------
+
+class InvalidEvent(ValueError):
+    """A payload on the events channel or stream that is not a protocol event."""
+
+
+@dataclasses.dataclass
+class Event:
+    """One task event on its way to clients.
+
+    `id` is the history stream id, or None for a bare PUBLISH. `frame` is the
+    encoded message, built at most once however many clients receive it.
+    """
+
+    type: str
+    data: dict
+    id: Optional[str] = None
+    _frame: Optional[bytes] = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            message = {"type": self.type, "data": self.data}
+            if self.id is not None:
+                message["id"] = self.id
+            self._frame = encode(message)
+        return self._frame
+
+    @property
+    def task_id(self) -> Any:
+        return self.data.get("task_id")
+
+    @property
+    def avid(self) -> Any:
+        return self.data.get("avid")
+
+
+def parse_event(payload: bytes, stream_id: Optional[str] = None) -> Event:
+    """Parse one event as workers write it (PROTOCOL.md section 3).
+
+    `payload` is the JSON of ``{"type", "data"}`` (history entries) or
+    ``{"id", "type", "data"}`` (channel messages). `stream_id`, when given,
+    overrides any id in the payload. Raises `InvalidEvent`.
+    """
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise InvalidEvent("not a JSON object")
+    kind, data = message.get("type"), message.get("data")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidEvent("missing 'type'")
+    if not isinstance(data, dict):
+        raise InvalidEvent("'data' is not an object")
+    event_id = stream_id if stream_id is not None else message.get("id")
+    if event_id is not None and parse_stream_id(event_id) is None:
+        raise InvalidEvent(f"malformed id {event_id!r}")
+    return Event(type=kind, data=data, id=event_id)
+
+
+def parse_stream_id(value: Any) -> Optional[Tuple[int, int]]:
+    """The (milliseconds, sequence) of a Redis stream id, or None if malformed."""
+    if not isinstance(value, str):
+        return None
+    millis, _, sequence = value.partition("-")
+    if not millis.isdigit() or not sequence.isdigit():
+        return None
+    return int(millis), int(sequence)
+
+
+# -- frames from clients ------------------------------------------------------
+
+class ProtocolError(ValueError):
+    """A client frame the server cannot act on; becomes an `error` reply."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def reply(self) -> dict:
+        return error(self.code, self.message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    name: str
+    task_ids: Optional[frozenset] = None
+    avids: Optional[frozenset] = None
+    last_event_id: Optional[str] = None
+
+
+ACTIONS = ("get_queue_status", "ping", "subscribe", "resume")
+
+
+def parse_action(frame: Any) -> Action:
+    """Parse one client frame into an `Action`; raises `ProtocolError`."""
+    if isinstance(frame, bytes):
+        raise ProtocolError(BINARY_NOT_SUPPORTED, "binary frames are not supported; send JSON text")
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(INVALID_JSON, "frame is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(NOT_AN_OBJECT, "frame must be a JSON object")
+    name = message.get("action")
+    if name is None:
+        raise ProtocolError(MISSING_ACTION, "frame has no 'action'")
+    if not isinstance(name, str) or name not in ACTIONS:
+        raise ProtocolError(UNKNOWN_ACTION,
+                            f"unknown action {str(name)[:64]!r}; expected one of {', '.join(ACTIONS)}")
+    if name == "subscribe":
+        return _parse_subscribe(message)
+    if name == "resume":
+        return Action(name, last_event_id=_parse_event_id(message.get("last_event_id")))
+    return Action(name)
+
+
+def _parse_subscribe(message: dict) -> Action:
+    task_ids, avids = message.get("task_ids"), message.get("avids")
+    if task_ids is None and avids is None:
+        raise ProtocolError(INVALID_ARGUMENT, "subscribe needs 'task_ids' or 'avids'")
+    return Action("subscribe", task_ids=_scalar_set("task_ids", task_ids),
+                  avids=_scalar_set("avids", avids))
+
+
+def _scalar_set(key: str, value: Any) -> Optional[frozenset]:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(item, (str, int)) and not isinstance(item, bool) for item in value):
+        raise ProtocolError(INVALID_ARGUMENT, f"'{key}' must be a list of strings or numbers")
+    return frozenset(value)
+
+
+def parse_resume_argument(value: str) -> Action:
+    """The `resume` action asked for by a `?last_event_id=ID` query argument."""
+    return Action("resume", last_event_id=_parse_event_id(value))
+
+
+def _parse_event_id(value: Any) -> str:
+    if parse_stream_id(value) is None:
+        raise ProtocolError(INVALID_ARGUMENT,
+                            "'last_event_id' must be a stream id such as \"1703001234567-0\"")
+    return value

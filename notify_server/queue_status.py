@@ -1,0 +1,143 @@
+"""Celery inspect replies turned into the seed's `queue_status` data, and the
+snapshot the server shares between its handlers.
+
+Pure: no Celery, Tornado or Redis imports. The poller feeds replies in;
+handlers read `QueueState.data()`.
+"""
+
+import ast
+from typing import Any, Dict, List, Optional
+
+# Celery's inspect replies: {worker hostname: [task info dict, ...]} or None
+# when no worker answered.
+Replies = Optional[Dict[str, List[dict]]]
+
+
+def subject_of(args: Any, kwargs: Any, subject_arg: str) -> Any:
+    """The task's subject (`avid`): kwargs[subject_arg], else the first positional.
+
+    Accepts the real objects or their reprs (Celery sends reprs when a task
+    uses `argsrepr`/`kwargsrepr`, or for older protocol messages). Returns None
+    when there is no subject.
+    """
+    kwargs = _literal(kwargs)
+    if isinstance(kwargs, dict) and subject_arg in kwargs:
+        return _plain(kwargs[subject_arg])
+    args = _literal(args)
+    if isinstance(args, (list, tuple)) and args:
+        return _plain(args[0])
+    return None
+
+
+def _literal(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Keep JSON scalars as they are; anything else becomes its string."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _epoch(value: Any) -> Optional[float]:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _active_entry(worker: str, info: dict, subject_arg: str) -> dict:
+    return {"task_id": info.get("id"),
+            "avid": subject_of(info.get("args"), info.get("kwargs"), subject_arg),
+            "worker": worker,
+            "time_start": _epoch(info.get("time_start"))}
+
+
+def _waiting_entry(worker: str, info: dict, subject_arg: str) -> dict:
+    return {"task_id": info.get("id"),
+            "avid": subject_of(info.get("args"), info.get("kwargs"), subject_arg),
+            "worker": worker}
+
+
+def _scheduled_entry(worker: str, item: dict, subject_arg: str) -> dict:
+    # scheduled() wraps each request: {"eta": ..., "priority": ..., "request": {...}}
+    request = item.get("request") if isinstance(item.get("request"), dict) else item
+    entry = _waiting_entry(worker, request, subject_arg)
+    entry["eta"] = item.get("eta")
+    return entry
+
+
+def _entries(replies: Replies, build, subject_arg: str) -> List[dict]:
+    entries = []
+    for worker in sorted(replies or {}):
+        items = replies[worker]
+        if not isinstance(items, list):
+            continue
+        entries.extend(build(worker, item, subject_arg) for item in items if isinstance(item, dict))
+    return entries
+
+
+def normalise(active: Replies, scheduled: Replies, reserved: Replies,
+              subject_arg: str = "avid") -> dict:
+    """Build the seed's `queue_status` data from three inspect replies.
+
+    The result holds `active_tasks`, `scheduled_tasks`, `reserved_tasks` and
+    `workers` (every worker that answered any of the three, sorted).
+    `updated_at` and `stale` are added by `QueueState`.
+    """
+    active_tasks = _entries(active, _active_entry, subject_arg)
+    active_tasks.sort(key=lambda entry: (entry["time_start"] or 0.0, str(entry["task_id"])))
+    return {
+        "active_tasks": active_tasks,
+        "scheduled_tasks": _entries(scheduled, _scheduled_entry, subject_arg),
+        "reserved_tasks": _entries(reserved, _waiting_entry, subject_arg),
+        "workers": sorted(set(active or {}) | set(scheduled or {}) | set(reserved or {})),
+    }
+
+
+class QueueState:
+    """The last queue snapshot and whether it is current.
+
+    Only the event-loop thread calls it. `update` returns whether clients need
+    a new `queue_status`: true when the task lists, the workers or the
+    staleness changed, not when only `updated_at` moved.
+    """
+
+    def __init__(self) -> None:
+        self._snapshot: Optional[dict] = None
+        self._updated_at: Optional[float] = None
+        self._stale_reason: Optional[str] = "no inspect poll has completed yet"
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self._snapshot is not None
+
+    @property
+    def stale_reason(self) -> Optional[str]:
+        """Why the data is not current, or None when the last poll succeeded."""
+        return self._stale_reason
+
+    def update(self, snapshot: dict, at: float) -> bool:
+        changed = snapshot != self._snapshot or self._stale_reason is not None
+        self._snapshot, self._updated_at, self._stale_reason = snapshot, at, None
+        return changed
+
+    def mark_failed(self, reason: str) -> bool:
+        """Record a failed poll; returns True when this turned the data stale."""
+        was_fresh = self._stale_reason is None
+        self._stale_reason = reason
+        return was_fresh and self._snapshot is not None
+
+    def data(self) -> Optional[dict]:
+        """The `queue_status` data, or None when no poll ever succeeded."""
+        if self._snapshot is None:
+            return None
+        return {**self._snapshot, "updated_at": self._updated_at,
+                "stale": self._stale_reason is not None}
+

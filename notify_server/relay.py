@@ -1,0 +1,139 @@
+"""The server's one Redis subscription: events from workers to the hub.
+
+An adapter around redis.asyncio. It owns no client state; it calls
+`on_event(event)` for every event, once, in stream order, on the event loop.
+"""
+
+import asyncio
+import logging
+from typing import Callable, Optional
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .backoff import Backoff
+from .history import History
+from .messages import Event, InvalidEvent, parse_event, parse_stream_id
+
+log = logging.getLogger(__name__)
+
+START = "0-0"
+# A quiet channel is fine: wake up this often to let redis-py send its health
+# check PING, never to treat silence as failure (channels_redis#422).
+IDLE_WAKEUP = 10.0
+
+
+class Relay:
+    """Subscribes to the events channel and relays every event to `on_event`.
+
+    Guarantees, for events written per PROTOCOL.md section 3 (with an id):
+    each is passed to `on_event` at most once and in stream order. When the
+    subscription drops, `run` reconnects with backoff and first relays, from
+    the history, every event after the last id it relayed; if the history no
+    longer holds that id, `on_resync(reason)` is called before the rest.
+    Events published without an id are relayed live only.
+
+    `on_connected(bool)` reports the subscription's state on each change.
+    """
+
+    def __init__(self, redis_url: str, channel: str, stream: str,
+                 on_event: Callable[[Event], None],
+                 on_resync: Callable[[str], None],
+                 on_connected: Callable[[bool], None]):
+        self._url, self._channel, self._stream = redis_url, channel, stream
+        self._on_event, self._on_resync, self._on_connected = on_event, on_resync, on_connected
+        self._last_id: Optional[str] = None
+        self._last_key = (0, 0)
+        self._backoff = Backoff(base=0.1, cap=3.0)
+        self.connected = False
+
+    @property
+    def last_id(self) -> Optional[str]:
+        """The id of the newest event relayed, or of the history's end at start-up."""
+        return self._last_id
+
+    async def run(self) -> None:
+        """Relay until cancelled. Never raises for Redis failures."""
+        while True:
+            try:
+                await self._subscribe_and_relay()
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+            await asyncio.sleep(self._backoff.next_delay())
+
+    async def _subscribe_and_relay(self) -> None:
+        redis = Redis.from_url(self._url, socket_connect_timeout=2.0, socket_timeout=None,
+                               retry=Retry(NoBackoff(), 0), health_check_interval=IDLE_WAKEUP)
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            history = History(redis, self._stream)
+            if self._last_id is None:
+                self._advance(await _history_end(redis, self._stream))
+            await pubsub.subscribe(self._channel)
+            missed = await self._fill_gap(history)
+            self._set_connected(True, missed)
+            while True:
+                message = await pubsub.get_message(timeout=IDLE_WAKEUP)
+                if message is not None and message.get("type") == "message":
+                    self._relay_payload(message["data"])
+        finally:
+            await pubsub.aclose()
+            await redis.aclose()
+
+    async def _fill_gap(self, history: History) -> int:
+        missed = 0
+        if self._last_id != START and not await history.contains(self._last_id):
+            self._on_resync(f"the history no longer holds event {self._last_id}; "
+                            "some events were lost, reload your state")
+        async for batch in history.after(self._last_id):
+            for event in batch:
+                missed += self._relay(event)
+        return missed
+
+    def _relay_payload(self, payload: bytes) -> None:
+        try:
+            event = parse_event(payload)
+        except InvalidEvent as exc:
+            log.warning("ignoring malformed message on %s: %s", self._channel, exc)
+            return
+        self._relay(event)
+
+    def _relay(self, event: Event) -> bool:
+        if event.id is not None:
+            key = parse_stream_id(event.id)
+            if key <= self._last_key:
+                return False
+            self._last_id, self._last_key = event.id, key
+        self._on_event(event)
+        return True
+
+    def _advance(self, event_id: str) -> None:
+        self._last_id, self._last_key = event_id, parse_stream_id(event_id)
+
+    def _set_connected(self, connected: bool, missed: int = 0) -> None:
+        if connected and self._backoff.attempts:
+            log.info("events subscription restored after %d attempt(s); relayed %d missed event(s)",
+                     self._backoff.attempts, missed)
+        self._backoff.reset()
+        if connected != self.connected:
+            self.connected = connected
+            self._on_connected(connected)
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.connected or self._backoff.attempts == 0:
+            log.warning("events subscription lost (%s); reconnecting with backoff", exc)
+        else:
+            log.debug("events subscription still down: %s", exc)
+        if self.connected:
+            self.connected = False
+            self._on_connected(False)
+
+
+async def _history_end(redis: Redis, stream: str) -> str:
+    newest = await redis.xrevrange(stream, "+", "-", count=1)
+    if not newest:
+        return START
+    entry_id = newest[0][0]
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id

@@ -1,0 +1,85 @@
+"""One client's view of the event stream: its filter and its resume state.
+
+Pure: the adapter hands in a `send(frame)` callable and calls these methods on
+the event-loop thread only.
+"""
+
+from typing import Callable, List, Optional, Tuple
+
+from .messages import Event, parse_stream_id
+
+
+class Session:
+    """Decides which events a client gets and in what order.
+
+    While a resume replay is being read from the history (`hold` ..
+    `release`), live events are held back; `release` then sends the held ones
+    that the replay did not already cover, so the client sees one ordered
+    stream without duplicates.
+    """
+
+    __slots__ = ("send", "_task_ids", "_avids", "_held")
+
+    def __init__(self, send: Callable[[bytes], None]):
+        self.send = send
+        self._task_ids: Optional[frozenset] = None
+        self._avids: Optional[frozenset] = None
+        self._held: Optional[List[Event]] = None
+
+    def subscribe(self, task_ids: Optional[frozenset], avids: Optional[frozenset]) -> None:
+        """From now on, only task events for these task ids or subjects pass."""
+        self._task_ids, self._avids = task_ids, avids
+
+    @property
+    def filtered(self) -> bool:
+        return self._task_ids is not None or self._avids is not None
+
+    def wants(self, event: Event) -> bool:
+        if not self.filtered:
+            return True
+        data = event.data
+        if self._task_ids is not None and _member(data.get("task_id"), self._task_ids):
+            return True
+        return self._avids is not None and _member(data.get("avid"), self._avids)
+
+    def deliver(self, event: Event) -> None:
+        """A live event: send it now, or hold it while a replay is running."""
+        if self._held is not None:
+            self._held.append(event)
+        elif self.wants(event):
+            self.send(event.frame)
+
+    def replay(self, event: Event) -> None:
+        """An event read from the history during a resume."""
+        if self.wants(event):
+            self.send(event.frame)
+
+    @property
+    def replaying(self) -> bool:
+        return self._held is not None
+
+    def hold(self) -> None:
+        if self._held is None:
+            self._held = []
+
+    def release(self, replayed_up_to: Optional[str]) -> None:
+        """End a replay: send the held live events newer than the replay's last id."""
+        held, self._held = self._held or [], None
+        newest = parse_stream_id(replayed_up_to) if replayed_up_to else None
+        for event in held:
+            if newest is not None and _is_covered(event, newest):
+                continue
+            if self.wants(event):
+                self.send(event.frame)
+
+
+def _is_covered(event: Event, newest: Tuple[int, int]) -> bool:
+    key = parse_stream_id(event.id) if event.id is not None else None
+    return key is not None and key <= newest
+
+
+def _member(value, members: frozenset) -> bool:
+    try:
+        return value in members
+    except TypeError:  # an unhashable subject (a list, say) matches nothing
+        return False
