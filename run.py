@@ -28,9 +28,9 @@ async def serve(settings: settings_module.Settings) -> None:
     server = NotifyServer(settings)
     http_server = HTTPServer(server.application())
     sockets = bind_sockets(settings.port, settings.host)
+    await server.start()
     http_server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    await server.start()
     print(f"notify-server listening on http://{settings.host}:{port} "
           f"(WebSocket ws://{settings.host}:{port}/ws/tasks/)", flush=True)
 

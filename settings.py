@@ -48,8 +48,6 @@ SETTINGS = (
     Setting("broker_url", "CELERY_BROKER_URL", _optional_str,
             "Celery broker the poller inspects; defaults to the Redis URL"),
     Setting("prefix", "NOTIFY_PREFIX", str, "prefix of the Redis keys: PREFIX:events and PREFIX:events:history"),
-    Setting("history_maxlen", "NOTIFY_HISTORY_MAXLEN", int,
-            "events the history stream keeps (approximate)"),
     Setting("subject_arg", "NOTIFY_SUBJECT_ARG", str,
             "keyword argument that names a task's subject (avid); else the first positional"),
     Setting("poll_interval", "NOTIFY_POLL_INTERVAL", float,
@@ -77,7 +75,6 @@ class Settings:
     redis_url: Optional[str] = None
     broker_url: Optional[str] = None
     prefix: str = "notify"
-    history_maxlen: int = 10000
     subject_arg: str = "avid"
     poll_interval: float = 2.0
     inspect_timeout: float = 1.0

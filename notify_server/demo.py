@@ -24,7 +24,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
 )
-notifier = install(app, REDIS_URL, prefix=os.environ.get("NOTIFY_PREFIX", "notify"))
+notifier = install(app, REDIS_URL)
 
 STEPS = 10
 

@@ -35,7 +35,8 @@ class Relay:
     longer holds that id, `on_resync(reason)` is called before the rest.
     Events published without an id are relayed live only.
 
-    `on_connected(bool)` reports the subscription's state on each change.
+    `on_connected(bool)` reports the subscription's state on each change;
+    `subscribed_once` is set when the first subscription is in place.
     """
 
     def __init__(self, redis_url: str, channel: str, stream: str,
@@ -48,6 +49,7 @@ class Relay:
         self._last_key = (0, 0)
         self._backoff = Backoff(base=0.1, cap=3.0)
         self.connected = False
+        self.subscribed_once = asyncio.Event()
 
     @property
     def last_id(self) -> Optional[str]:
@@ -120,6 +122,7 @@ class Relay:
         if connected != self.connected:
             self.connected = connected
             self._on_connected(connected)
+        self.subscribed_once.set()
 
     def _lost(self, exc: BaseException) -> None:
         if self.connected or self._backoff.attempts == 0:

@@ -61,9 +61,16 @@ class NotifyServer:
             websocket_max_message_size=self.settings.max_message_size,
         )
 
-    async def start(self) -> None:
+    async def start(self, subscribe_timeout: float = 5.0) -> None:
+        """Start the relay and the poller. Returns once the events subscription
+        is in place, or after `subscribe_timeout` if Redis is unreachable (the
+        relay keeps retrying)."""
         self._relay_task = asyncio.get_running_loop().create_task(self.relay.run())
         self.poller.start()
+        try:
+            await asyncio.wait_for(self.relay.subscribed_once.wait(), subscribe_timeout)
+        except asyncio.TimeoutError:
+            log.warning("Redis is unreachable at start-up; serving anyway and retrying")
 
     async def stop(self) -> None:
         await self.poller.stop()

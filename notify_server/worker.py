@@ -20,14 +20,15 @@ from .emitter import Emitter
 from .queue_status import subject_of
 
 
-def install(app: Celery, redis_url: Optional[str] = None, *, prefix: str = "notify",
-            subject_arg: str = "avid", history_maxlen: int = 10000) -> "Notifier":
+def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[str] = None,
+            subject_arg: Optional[str] = None, history_maxlen: Optional[int] = None) -> "Notifier":
     """Emit task events for every task of `app`; returns the `Notifier`.
 
     Redis is `redis_url`, else $NOTIFY_REDIS_URL, else $REDIS_URL, else the
-    app's broker URL when that is a Redis URL. Raises ValueError when none is
-    found. `prefix`, `subject_arg` and `history_maxlen` must match the
-    server's settings of the same names.
+    app's broker URL when that is a Redis URL; raises ValueError when none is
+    found. The other arguments default to $NOTIFY_PREFIX ("notify"),
+    $NOTIFY_SUBJECT_ARG ("avid") and $NOTIFY_HISTORY_MAXLEN (10000); prefix
+    and subject_arg must match the server's settings of the same names.
     """
     url = redis_url or os.environ.get("NOTIFY_REDIS_URL") or os.environ.get("REDIS_URL")
     broker = str(app.conf.broker_url or "")
@@ -36,8 +37,11 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: str = "noti
     if not url:
         raise ValueError("notify_server.worker.install: no Redis URL; pass redis_url= "
                          "or set NOTIFY_REDIS_URL")
-    notifier = Notifier(app, Emitter(url, prefix=prefix, history_maxlen=history_maxlen),
-                        subject_arg)
+    emitter = Emitter(url, prefix=prefix or os.environ.get("NOTIFY_PREFIX", "notify"),
+                      history_maxlen=history_maxlen or int(
+                          os.environ.get("NOTIFY_HISTORY_MAXLEN", "10000")))
+    notifier = Notifier(app, emitter,
+                        subject_arg or os.environ.get("NOTIFY_SUBJECT_ARG", "avid"))
     notifier.connect()
     return notifier
 
