@@ -39,10 +39,10 @@ async def serve(settings: settings_module.Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down: closing %d client(s)", len(server.hub))
     http_server.stop()
-    await server.stop()
-    await http_server.close_all_connections()
+    await server.stop(settings.shutdown_timeout)
+    log.info("stopped")
 
 
 def start_demo(redis_url: str, prefix: str) -> list:

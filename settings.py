@@ -60,6 +60,14 @@ SETTINGS = (
             "debounce before an extra poll after a task event"),
     Setting("max_message_size", "NOTIFY_MAX_MESSAGE_SIZE", int,
             "largest inbound WebSocket frame in bytes; larger closes with 1009"),
+    Setting("max_client_buffer", "NOTIFY_MAX_CLIENT_BUFFER", int,
+            "bytes a client may leave unread before it is closed with 4008 (slow)"),
+    Setting("ping_interval", "NOTIFY_PING_INTERVAL", float,
+            "seconds between WebSocket pings (0 disables)"),
+    Setting("ping_timeout", "NOTIFY_PING_TIMEOUT", float,
+            "seconds without a pong before a peer is closed as dead"),
+    Setting("shutdown_timeout", "NOTIFY_SHUTDOWN_TIMEOUT", float,
+            "seconds SIGTERM waits for clients to close before exiting"),
     Setting("allowed_origins", "NOTIFY_ALLOWED_ORIGINS", _origins,
             "comma-separated Origin values allowed to open a socket; * allows any"),
     Setting("log_level", "NOTIFY_LOG_LEVEL", str, "logging level"),
@@ -81,6 +89,10 @@ class Settings:
     discovery_interval: float = 30.0
     refresh_delay: float = 0.2
     max_message_size: int = 65536
+    max_client_buffer: int = 1024 * 1024
+    ping_interval: float = 25.0
+    ping_timeout: float = 10.0
+    shutdown_timeout: float = 5.0
     allowed_origins: tuple = ("*",)
     log_level: str = "INFO"
     demo: bool = False

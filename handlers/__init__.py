@@ -1,5 +1,6 @@
 """Tornado handlers: thin adapters between HTTP/WebSocket and the core."""
 
+from .health import LivenessHandler, ReadinessHandler
 from .rest import QueueStatusHandler
 from .websocket import TaskSocketHandler
 
@@ -10,4 +11,6 @@ def routes(server):
     return [
         (r"/ws/tasks/?", TaskSocketHandler, args),
         (r"/api/tasks/queue/status/?", QueueStatusHandler, args),
+        (r"/healthz", LivenessHandler),
+        (r"/readyz", ReadinessHandler, args),
     ]

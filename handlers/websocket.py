@@ -8,6 +8,7 @@ import tornado.websocket
 from notify_server import messages
 from notify_server.messages import ProtocolError
 from notify_server.session import Session
+from notify_server.writer import FrameWriter
 
 from .origin import origin_allowed
 
@@ -20,19 +21,25 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     On open the client joins the hub and receives every task event (or, after
     `?last_event_id=ID`, the history after ID and then the live stream).
     Actions: `get_queue_status`, `ping`, `subscribe`, `resume`. Bad frames get
-    an `error` reply and the socket stays open; a frame over
-    `max_message_size` closes it with 1009 (Tornado does this).
+    an `error` reply and the socket stays open. A frame over
+    `max_message_size` closes it with 1009 (Tornado does this); a client whose
+    unsent backlog passes `max_client_buffer` bytes is closed with
+    `messages.CLOSE_SLOW` (4008). Tornado sends protocol pings every
+    `ping_interval` and closes peers that miss `ping_timeout`.
     """
 
     def initialize(self, server) -> None:
         self.server = server
         self.session = None
+        self.writer = None
 
     def check_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.server.settings.allowed_origins)
 
     def open(self) -> None:
-        self.session = Session(self._send)
+        self.writer = FrameWriter(self.ws_connection.stream, self.server.settings.max_client_buffer,
+                                  self._too_slow)
+        self.session = Session(self.writer.write, self.close)
         last_event_id = self.get_query_argument("last_event_id", None)
         if last_event_id is None:
             self.server.hub.add(self.session)
@@ -40,7 +47,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         try:
             action = messages.parse_resume_argument(last_event_id)
         except ProtocolError as exc:
-            self._send(messages.encode(exc.reply()))
+            self.writer.write(messages.frame(exc.reply()))
             self.server.hub.add(self.session)
             return
         self._start_resume(action.last_event_id)
@@ -49,12 +56,12 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         try:
             action = messages.parse_action(frame)
         except ProtocolError as exc:
-            self._send(messages.encode(exc.reply()))
+            self.writer.write(messages.frame(exc.reply()))
             return
         if action.name == "get_queue_status":
-            self._send(self.server.queue_status_frame())
+            self.writer.write(self.server.queue_status_frame())
         elif action.name == "ping":
-            self._send(self.server.pong_frame())
+            self.writer.write(self.server.pong_frame())
         elif action.name == "subscribe":
             self.session.subscribe(action.task_ids, action.avids)
         elif action.name == "resume":
@@ -69,8 +76,9 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         self.server.hub.add(self.session)
         asyncio.ensure_future(self.server.resume(self.session, last_event_id))
 
-    def _send(self, frame: bytes) -> None:
-        connection = self.ws_connection
-        if connection is None or connection.is_closing():
-            return
-        self.write_message(frame)
+    def _too_slow(self) -> None:
+        self.server.hub.discard(self.session)
+        self.server.slow_client_closed()
+        log.warning("closing slow client %s: more than %d bytes unsent",
+                    self.request.remote_ip, self.server.settings.max_client_buffer)
+        self.close(messages.CLOSE_SLOW, "slow client: outgoing buffer full")

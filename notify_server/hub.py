@@ -1,11 +1,12 @@
 """The set of open client sessions and the fan-out to them.
 
-Pure, and called on the event-loop thread only. A broadcast encodes each event
-once (`Event.frame`) and hands the same bytes to every session; it never waits
-for any client.
+Pure, and called on the event-loop thread only. A broadcast frames each event
+once (`Event.frame`); every session that takes everything gets the same
+bytes, the whole batch in one `send`. A broadcast never waits for a client:
+`send` only hands bytes to the session's writer.
 """
 
-from typing import Iterator, Set
+from typing import Iterator, Sequence, Set
 
 from .messages import Event
 from .session import Session
@@ -27,12 +28,24 @@ class Hub:
     def __iter__(self) -> Iterator[Session]:
         return iter(tuple(self._sessions))
 
-    def publish(self, event: Event) -> None:
-        """Offer a task event to every session (filters and replays apply)."""
+    def publish(self, events: Sequence[Event]) -> None:
+        """Offer a batch of task events, in order, to every session."""
+        if not events:
+            return
+        shared = None
         for session in tuple(self._sessions):
-            session.deliver(event)
+            if session.takes_everything:
+                if shared is None:
+                    shared = b"".join(event.frame for event in events)
+                session.send(shared)
+            else:
+                session.deliver(events)
 
     def send_all(self, frame: bytes) -> None:
-        """Send an already-encoded frame (a `queue_status`) to every session."""
+        """Send an already-framed message (a `queue_status`, a `resync`) to every session."""
         for session in tuple(self._sessions):
             session.send(frame)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for session in tuple(self._sessions):
+            session.close(code, reason)

@@ -11,6 +11,8 @@ from typing import Any, Optional, Tuple
 
 import orjson
 
+from .framing import text_frame
+
 TASK_STARTED = "task_started"
 TASK_COMPLETED = "task_completed"
 TASK_FAILED = "task_failed"
@@ -24,6 +26,11 @@ RESYNC = "resync"
 
 TASK_EVENT_TYPES = frozenset(
     (TASK_STARTED, TASK_COMPLETED, TASK_FAILED, TASK_PROGRESS, TASK_RETRYING, TASK_REVOKED))
+
+# WebSocket close codes the server uses.
+CLOSE_GOING_AWAY = 1001   # server shutting down: reconnect (to another process)
+CLOSE_TOO_BIG = 1009      # inbound frame over the size limit (Tornado sends it)
+CLOSE_SLOW = 4008         # the client did not read fast enough; its backlog was dropped
 
 # Stable error codes of `error` replies (PROTOCOL.md section 1).
 INVALID_JSON = "invalid_json"
@@ -83,8 +90,13 @@ def resync(reason: str) -> dict:
 
 
 def encode(message: dict) -> bytes:
-    """Serialise a message to UTF-8 JSON bytes, ready to be one text frame."""
+    """Serialise a message to UTF-8 JSON bytes."""
     return orjson.dumps(message)
+
+
+def frame(message: dict) -> bytes:
+    """A message as one WebSocket text frame, ready to write to any client."""
+    return text_frame(orjson.dumps(message))
 
 
 def safe_text(value: Any, limit: int = 1000) -> str:
@@ -107,7 +119,8 @@ class Event:
     """One task event on its way to clients.
 
     `id` is the history stream id, or None for a bare PUBLISH. `frame` is the
-    encoded message, built at most once however many clients receive it.
+    message as a WebSocket text frame, built at most once however many
+    clients receive it.
     """
 
     type: str
@@ -121,7 +134,7 @@ class Event:
             message = {"type": self.type, "data": self.data}
             if self.id is not None:
                 message["id"] = self.id
-            self._frame = encode(message)
+            self._frame = frame(message)
         return self._frame
 
     @property

@@ -1,12 +1,12 @@
 """The server's one Redis subscription: events from workers to the hub.
 
 An adapter around redis.asyncio. It owns no client state; it calls
-`on_event(event)` for every event, once, in stream order, on the event loop.
+`on_events(batch)` with every event, once, in stream order, on the event loop.
 """
 
 import asyncio
 import logging
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -20,16 +20,19 @@ from .messages import Event, InvalidEvent, parse_event, parse_stream_id
 log = logging.getLogger(__name__)
 
 START = "0-0"
+# Messages relayed as one batch at most: bounds the latency of the first.
+MAX_BATCH = 1000
 # A quiet channel is fine: wake up this often to let redis-py send its health
 # check PING, never to treat silence as failure (channels_redis#422).
 IDLE_WAKEUP = 10.0
 
 
 class Relay:
-    """Subscribes to the events channel and relays every event to `on_event`.
+    """Subscribes to the events channel and relays every event to `on_events`.
 
     Guarantees, for events written per PROTOCOL.md section 3 (with an id):
-    each is passed to `on_event` at most once and in stream order. When the
+    each is passed to `on_events` at most once and in stream order. Messages
+    already waiting on the connection are passed as one batch. When the
     subscription drops, `run` reconnects with backoff and first relays, from
     the history, every event after the last id it relayed; if the history no
     longer holds that id, `on_resync(reason)` is called before the rest.
@@ -40,11 +43,11 @@ class Relay:
     """
 
     def __init__(self, redis_url: str, channel: str, stream: str,
-                 on_event: Callable[[Event], None],
+                 on_events: Callable[[List[Event]], None],
                  on_resync: Callable[[str], None],
                  on_connected: Callable[[bool], None]):
         self._url, self._channel, self._stream = redis_url, channel, stream
-        self._on_event, self._on_resync, self._on_connected = on_event, on_resync, on_connected
+        self._on_events, self._on_resync, self._on_connected = on_events, on_resync, on_connected
         self._last_id: Optional[str] = None
         self._last_key = (0, 0)
         self._backoff = Backoff(base=0.1, cap=3.0)
@@ -78,8 +81,15 @@ class Relay:
             self._set_connected(True, missed)
             while True:
                 message = await pubsub.get_message(timeout=IDLE_WAKEUP)
-                if message is not None and message.get("type") == "message":
-                    self._relay_payload(message["data"])
+                batch: List[Event] = []
+                while message is not None:
+                    if message.get("type") == "message":
+                        self._accept_payload(message["data"], batch)
+                    if len(batch) >= MAX_BATCH:
+                        break
+                    message = await pubsub.get_message(timeout=0.0)
+                if batch:
+                    self._on_events(batch)
         finally:
             await pubsub.aclose()
             await redis.aclose()
@@ -89,26 +99,29 @@ class Relay:
         if self._last_id != START and not await history.contains(self._last_id):
             self._on_resync(f"the history no longer holds event {self._last_id}; "
                             "some events were lost, reload your state")
-        async for batch in history.after(self._last_id):
-            for event in batch:
-                missed += self._relay(event)
+        async for stored in history.after(self._last_id):
+            batch = [event for event in stored if self._is_new(event)]
+            if batch:
+                missed += len(batch)
+                self._on_events(batch)
         return missed
 
-    def _relay_payload(self, payload: bytes) -> None:
+    def _accept_payload(self, payload: bytes, batch: List[Event]) -> None:
         try:
             event = parse_event(payload)
         except InvalidEvent as exc:
             log.warning("ignoring malformed message on %s: %s", self._channel, exc)
             return
-        self._relay(event)
+        if self._is_new(event):
+            batch.append(event)
 
-    def _relay(self, event: Event) -> bool:
+    def _is_new(self, event: Event) -> bool:
+        """True for an event not relayed before; records its id as the newest."""
         if event.id is not None:
             key = parse_stream_id(event.id)
             if key <= self._last_key:
                 return False
             self._last_id, self._last_key = event.id, key
-        self._on_event(event)
         return True
 
     def _advance(self, event_id: str) -> None:

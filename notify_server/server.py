@@ -7,7 +7,7 @@
 import asyncio
 import logging
 import time
-from typing import Optional
+from typing import List, Optional
 
 import tornado.web
 from redis.asyncio import Redis
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 LIFECYCLE = frozenset((messages.TASK_STARTED, messages.TASK_COMPLETED, messages.TASK_FAILED,
                        messages.TASK_RETRYING, messages.TASK_REVOKED))
 
+EMPTY_QUEUE = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
+               "workers": [], "updated_at": None, "stale": True}
+
 
 class NotifyServer:
     def __init__(self, settings: Settings):
@@ -45,7 +48,7 @@ class NotifyServer:
                                     socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1))
         self.history = History(self.redis, settings.history_stream)
         self.relay = Relay(settings.redis_url, settings.events_channel, settings.history_stream,
-                           on_event=self._on_event, on_resync=self._on_resync,
+                           on_events=self._on_events, on_resync=self._on_resync,
                            on_connected=self._on_redis_state)
         self.poller = QueuePoller(
             make_inspect_app(settings.effective_broker_url), self.queue, self._on_queue_change,
@@ -54,11 +57,14 @@ class NotifyServer:
             refresh_delay=settings.refresh_delay, subject_arg=settings.subject_arg)
         self._relay_task: Optional[asyncio.Task] = None
         self._queue_frame: Optional[bytes] = None
+        self.slow_clients_closed = 0
 
     def application(self) -> tornado.web.Application:
         return tornado.web.Application(
             routes(self),
             websocket_max_message_size=self.settings.max_message_size,
+            websocket_ping_interval=self.settings.ping_interval or None,
+            websocket_ping_timeout=self.settings.ping_timeout or None,
         )
 
     async def start(self, subscribe_timeout: float = 5.0) -> None:
@@ -72,7 +78,13 @@ class NotifyServer:
         except asyncio.TimeoutError:
             log.warning("Redis is unreachable at start-up; serving anyway and retrying")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float) -> None:
+        """Close every socket with 1001 and stop the relay and poller.
+
+        Waits up to `timeout` seconds for clients to acknowledge the close;
+        Tornado aborts the connections that do not.
+        """
+        self.hub.close_all(messages.CLOSE_GOING_AWAY, "server shutting down")
         await self.poller.stop()
         if self._relay_task is not None:
             self._relay_task.cancel()
@@ -81,17 +93,22 @@ class NotifyServer:
             except asyncio.CancelledError:
                 pass
         await self.redis.aclose()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.hub) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     # -- what handlers ask for ----------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        return self.relay.connected and self.queue.stale_reason is None
+
     def queue_status_frame(self) -> bytes:
-        """The encoded `queue_status` for one client: the cached snapshot, or
+        """The framed `queue_status` for one client: the cached snapshot, or
         empty lists marked stale when no poll has succeeded yet."""
         if self._queue_frame is None:
-            data = self.queue.data() or {
-                "active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
-                "workers": [], "updated_at": None, "stale": True}
-            return messages.encode(messages.queue_status(data))
+            return messages.frame(messages.queue_status(EMPTY_QUEUE))
         return self._queue_frame
 
     async def resume(self, session: Session, last_event_id: str) -> None:
@@ -99,41 +116,44 @@ class NotifyServer:
 
         The session must already be holding live events (`Session.hold`).
         Sends `resync` first when the id is no longer (or never was) in the
-        history. Always releases the session, also when Redis fails.
+        history, or when the history cannot be read. Always releases the
+        session.
         """
         replayed_up_to = None
         try:
             if not await self.history.contains(last_event_id):
-                session.send(messages.encode(messages.resync(
+                session.send(messages.frame(messages.resync(
                     f"event {last_event_id} is not in the retained history; reload your state")))
                 return
             async for batch in self.history.after(last_event_id):
-                for event in batch:
-                    session.replay(event)
+                session.replay(batch)
                 if batch:
                     replayed_up_to = batch[-1].id
-        except RedisError as exc:
-            session.send(messages.encode(messages.resync(
+        except (RedisError, OSError) as exc:
+            session.send(messages.frame(messages.resync(
                 f"history unavailable ({type(exc).__name__}); reload your state")))
         finally:
             session.release(replayed_up_to)
 
     def pong_frame(self) -> bytes:
-        return messages.encode(messages.pong(time.time()))
+        return messages.frame(messages.pong(time.time()))
+
+    def slow_client_closed(self) -> None:
+        self.slow_clients_closed += 1
 
     # -- callbacks from the relay and poller ----------------------------------
 
-    def _on_event(self, event: Event) -> None:
-        self.hub.publish(event)
-        if event.type in LIFECYCLE:
+    def _on_events(self, events: List[Event]) -> None:
+        self.hub.publish(events)
+        if any(event.type in LIFECYCLE for event in events):
             self.poller.request_refresh()
 
     def _on_resync(self, reason: str) -> None:
-        self.hub.send_all(messages.encode(messages.resync(reason)))
+        self.hub.send_all(messages.frame(messages.resync(reason)))
 
     def _on_redis_state(self, connected: bool) -> None:
         log.info("events subscription %s", "up" if connected else "down")
 
     def _on_queue_change(self, data: dict) -> None:
-        self._queue_frame = messages.encode(messages.queue_status(data))
+        self._queue_frame = messages.frame(messages.queue_status(data))
         self.hub.send_all(self._queue_frame)

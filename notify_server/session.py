@@ -1,10 +1,10 @@
 """One client's view of the event stream: its filter and its resume state.
 
-Pure: the adapter hands in a `send(frame)` callable and calls these methods on
-the event-loop thread only.
+Pure: the adapter hands in `send(frame_bytes)` and `close(code, reason)`
+callables and calls these methods on the event-loop thread only.
 """
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .messages import Event, parse_stream_id
 
@@ -18,10 +18,11 @@ class Session:
     stream without duplicates.
     """
 
-    __slots__ = ("send", "_task_ids", "_avids", "_held")
+    __slots__ = ("send", "close", "_task_ids", "_avids", "_held", "__weakref__")
 
-    def __init__(self, send: Callable[[bytes], None]):
+    def __init__(self, send: Callable[[bytes], None], close: Callable[[int, str], None]):
         self.send = send
+        self.close = close
         self._task_ids: Optional[frozenset] = None
         self._avids: Optional[frozenset] = None
         self._held: Optional[List[Event]] = None
@@ -31,28 +32,28 @@ class Session:
         self._task_ids, self._avids = task_ids, avids
 
     @property
-    def filtered(self) -> bool:
-        return self._task_ids is not None or self._avids is not None
+    def takes_everything(self) -> bool:
+        """True when every live event goes straight out (no filter, no replay)."""
+        return self._task_ids is None and self._avids is None and self._held is None
 
     def wants(self, event: Event) -> bool:
-        if not self.filtered:
+        if self._task_ids is None and self._avids is None:
             return True
         data = event.data
         if self._task_ids is not None and _member(data.get("task_id"), self._task_ids):
             return True
         return self._avids is not None and _member(data.get("avid"), self._avids)
 
-    def deliver(self, event: Event) -> None:
-        """A live event: send it now, or hold it while a replay is running."""
+    def deliver(self, events: Sequence[Event]) -> None:
+        """Live events: send the wanted ones in one write, or hold them during a replay."""
         if self._held is not None:
-            self._held.append(event)
-        elif self.wants(event):
-            self.send(event.frame)
+            self._held.extend(events)
+            return
+        self._send_wanted(events)
 
-    def replay(self, event: Event) -> None:
-        """An event read from the history during a resume."""
-        if self.wants(event):
-            self.send(event.frame)
+    def replay(self, events: Sequence[Event]) -> None:
+        """Events read from the history during a resume."""
+        self._send_wanted(events)
 
     @property
     def replaying(self) -> bool:
@@ -66,11 +67,13 @@ class Session:
         """End a replay: send the held live events newer than the replay's last id."""
         held, self._held = self._held or [], None
         newest = parse_stream_id(replayed_up_to) if replayed_up_to else None
-        for event in held:
-            if newest is not None and _is_covered(event, newest):
-                continue
-            if self.wants(event):
-                self.send(event.frame)
+        self._send_wanted([event for event in held
+                           if newest is None or not _is_covered(event, newest)])
+
+    def _send_wanted(self, events: Sequence[Event]) -> None:
+        frames = [event.frame for event in events if self.wants(event)]
+        if frames:
+            self.send(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
 def _is_covered(event: Event, newest: Tuple[int, int]) -> bool:

@@ -2,6 +2,7 @@ import orjson
 import pytest
 
 from notify_server import messages
+from notify_server.framing import payloads
 from notify_server.messages import InvalidEvent, ProtocolError, parse_action, parse_event
 
 
@@ -22,8 +23,9 @@ def test_progress_reports_percent_and_survives_zero_total():
 def test_event_frame_is_encoded_once_and_carries_its_id():
     event = messages.Event("task_started", {"task_id": "t"}, id="5-0")
     assert event.frame is event.frame
-    assert orjson.loads(event.frame) == {"type": "task_started", "data": {"task_id": "t"},
-                                         "id": "5-0"}
+    [payload] = payloads(event.frame)
+    assert orjson.loads(payload) == {"type": "task_started", "data": {"task_id": "t"},
+                                     "id": "5-0"}
 
 
 def test_parse_event_accepts_channel_and_history_forms():

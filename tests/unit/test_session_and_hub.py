@@ -1,5 +1,6 @@
 import orjson
 
+from notify_server.framing import payloads, text_frame
 from notify_server.hub import Hub
 from notify_server.messages import Event
 from notify_server.session import Session
@@ -12,51 +13,67 @@ def event(event_id, task_id="t", avid="A"):
 
 def recorder():
     sent = []
-    return sent, Session(sent.append)
+    return sent, Session(sent.append, lambda code, reason: sent.append((code, reason)))
 
 
-def ids(frames):
-    return [orjson.loads(frame).get("id") for frame in frames]
+def ids(writes):
+    return [orjson.loads(payload).get("id") for data in writes for payload in payloads(data)]
 
 
-def test_hub_gives_every_session_the_same_bytes():
+def test_frames_round_trip_at_every_length_class():
+    for size in (0, 125, 126, 65535, 65536, 70000):
+        body = b"x" * size
+        assert payloads(text_frame(body) + text_frame(b"{}")) == [body, b"{}"]
+
+
+def test_hub_gives_every_session_the_same_bytes_in_one_write_per_batch():
     hub, (first, a), (second, b) = Hub(), recorder(), recorder()
     hub.add(a)
     hub.add(b)
-    hub.publish(event("1-0"))
-    assert first == second and first[0] is second[0]
+    hub.publish([event("1-0"), event("2-0")])
+    assert len(first) == 1 and first[0] is second[0]
+    assert ids(first) == ["1-0", "2-0"]
     hub.discard(a)
-    hub.publish(event("2-0"))
-    assert ids(first) == ["1-0"] and ids(second) == ["1-0", "2-0"]
+    hub.publish([event("3-0")])
+    assert ids(first) == ["1-0", "2-0"] and ids(second) == ["1-0", "2-0", "3-0"]
+
+
+def test_close_all_closes_every_session_with_the_code():
+    hub, (first, a), (second, b) = Hub(), recorder(), recorder()
+    hub.add(a)
+    hub.add(b)
+    hub.close_all(1001, "bye")
+    assert first == [(1001, "bye")] and second == [(1001, "bye")]
 
 
 def test_subscribed_session_only_gets_its_tasks():
-    sent, session = recorder()
+    hub, (sent, session), (everything, other) = Hub(), recorder(), recorder()
+    hub.add(session)
+    hub.add(other)
     session.subscribe(frozenset({"t2"}), frozenset({"B"}))
-    for item in (event("1-0", "t1", "A"), event("2-0", "t2", "A"), event("3-0", "t3", "B"),
-                 Event("task_started", {"task_id": "t4", "avid": ["list"]}, id="4-0")):
-        session.deliver(item)
+    hub.publish([event("1-0", "t1", "A"), event("2-0", "t2", "A"), event("3-0", "t3", "B"),
+                 Event("task_started", {"task_id": "t4", "avid": ["list"]}, id="4-0")])
     assert ids(sent) == ["2-0", "3-0"]
+    assert ids(everything) == ["1-0", "2-0", "3-0", "4-0"]
 
 
 def test_replay_holds_live_events_and_releases_only_the_uncovered_ones():
-    sent, session = recorder()
+    hub, (sent, session) = Hub(), recorder()
+    hub.add(session)
     session.hold()
-    session.deliver(event("5-0"))
-    session.deliver(event("7-0"))
-    session.deliver(Event("task_started", {"task_id": "bare"}))
-    for replayed in (event("4-0"), event("5-0"), event("6-0")):
-        session.replay(replayed)
+    hub.publish([event("5-0")])
+    hub.publish([event("7-0"), Event("task_started", {"task_id": "bare"})])
+    session.replay([event("4-0"), event("5-0"), event("6-0")])
     assert ids(sent) == ["4-0", "5-0", "6-0"]
     session.release("6-0")
     assert ids(sent) == ["4-0", "5-0", "6-0", "7-0", None]
-    session.deliver(event("8-0"))
+    hub.publish([event("8-0")])
     assert ids(sent)[-1] == "8-0" and not session.replaying
 
 
 def test_release_without_a_replay_sends_everything_held():
     sent, session = recorder()
     session.hold()
-    session.deliver(event("1-0"))
+    session.deliver([event("1-0")])
     session.release(None)
     assert ids(sent) == ["1-0"]

@@ -1,0 +1,32 @@
+"""Liveness and readiness probes: `/healthz` and `/readyz`."""
+
+import tornado.web
+
+from notify_server import messages
+
+
+class LivenessHandler(tornado.web.RequestHandler):
+    """`GET /healthz`: 200 ``{"status": "ok"}`` while the event loop answers."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(b'{"status":"ok"}')
+
+
+class ReadinessHandler(tornado.web.RequestHandler):
+    """`GET /readyz`: 200 when the events subscription is up and the last
+    inspect poll succeeded, else 503; the body says which check fails:
+    ``{"ready": bool, "redis": bool, "queue": bool, "queue_reason": str|null,
+    "clients": int}``."""
+
+    def initialize(self, server) -> None:
+        self.server = server
+
+    def get(self) -> None:
+        server = self.server
+        body = {"ready": server.ready, "redis": server.relay.connected,
+                "queue": server.queue.stale_reason is None,
+                "queue_reason": server.queue.stale_reason, "clients": len(server.hub)}
+        self.set_status(200 if server.ready else 503)
+        self.set_header("Content-Type", "application/json")
+        self.finish(messages.encode(body))
