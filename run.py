@@ -26,7 +26,7 @@ log = logging.getLogger("notify_server")
 async def serve(settings: settings_module.Settings) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly."""
     server = NotifyServer(settings)
-    http_server = HTTPServer(server.application())
+    http_server = HTTPServer(server.application(), xheaders=settings.xheaders)
     sockets = bind_sockets(settings.port, settings.host)
     await server.start()
     http_server.add_sockets(sockets)

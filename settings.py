@@ -71,6 +71,8 @@ SETTINGS = (
     Setting("allowed_origins", "NOTIFY_ALLOWED_ORIGINS", _origins,
             "comma-separated Origin values allowed to open a socket; * allows any"),
     Setting("log_level", "NOTIFY_LOG_LEVEL", str, "logging level"),
+    Setting("xheaders", "NOTIFY_XHEADERS", _bool,
+            "trust X-Real-IP/X-Forwarded-For and X-Forwarded-Proto from a reverse proxy"),
     Setting("demo", "NOTIFY_DEMO", _bool,
             "also start a Celery worker on the demo app and a task producer"),
 )
@@ -95,6 +97,7 @@ class Settings:
     shutdown_timeout: float = 5.0
     allowed_origins: tuple = ("*",)
     log_level: str = "INFO"
+    xheaders: bool = False
     demo: bool = False
 
     @property
