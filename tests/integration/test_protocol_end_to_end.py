@@ -123,8 +123,8 @@ async def test_two_clients_both_receive_every_event(server_port, producer):
     task_ids = [submit(producer, unique_avid("TWO"), seconds=0.1) for _ in range(3)]
 
     for client in (first, second):
-        for task_id in task_ids:
-            await client.wait_for(of_task(task_id, "task_completed"))
+        await client.wait_for(lambda _: set(task_ids) <= {
+            m["data"]["task_id"] for m in client.received if m["type"] == "task_completed"})
 
     for client in (first, second):
         seen = [(m["type"], m["data"]["task_id"]) for m in client.received
