@@ -14,11 +14,14 @@ class Session:
 
     While a resume replay is being read from the history (`hold` ..
     `release`), live events are held back; `release` then sends the held ones
-    that the replay did not already cover, so the client sees one ordered
-    stream without duplicates.
+    that the replay did not already cover. The replay may have read further
+    than the live relay has got, so after `release` live events up to the
+    replay's last id are dropped too, until a newer one arrives: the client
+    sees one ordered stream without duplicates.
     """
 
-    __slots__ = ("send", "close", "_task_ids", "_avids", "_held", "__weakref__")
+    __slots__ = ("send", "close", "_task_ids", "_avids", "_held", "_covered_through",
+                 "__weakref__")
 
     def __init__(self, send: Callable[[bytes], None], close: Callable[[int, str], None]):
         self.send = send
@@ -26,6 +29,7 @@ class Session:
         self._task_ids: Optional[frozenset] = None
         self._avids: Optional[frozenset] = None
         self._held: Optional[List[Event]] = None
+        self._covered_through: Optional[Tuple[int, int]] = None
 
     def subscribe(self, task_ids: Optional[frozenset], avids: Optional[frozenset]) -> None:
         """From now on, only task events for these task ids or subjects pass."""
@@ -34,7 +38,8 @@ class Session:
     @property
     def takes_everything(self) -> bool:
         """True when every live event goes straight out (no filter, no replay)."""
-        return self._task_ids is None and self._avids is None and self._held is None
+        return (self._task_ids is None and self._avids is None and self._held is None
+                and self._covered_through is None)
 
     def wants(self, event: Event) -> bool:
         if self._task_ids is None and self._avids is None:
@@ -49,6 +54,8 @@ class Session:
         if self._held is not None:
             self._held.extend(events)
             return
+        if self._covered_through is not None:
+            events = self._uncovered(events)
         self._send_wanted(events)
 
     def replay(self, events: Sequence[Event]) -> None:
@@ -66,19 +73,28 @@ class Session:
     def release(self, replayed_up_to: Optional[str]) -> None:
         """End a replay: send the held live events newer than the replay's last id."""
         held, self._held = self._held or [], None
-        newest = parse_stream_id(replayed_up_to) if replayed_up_to else None
-        self._send_wanted([event for event in held
-                           if newest is None or not _is_covered(event, newest)])
+        if replayed_up_to is not None:
+            self._covered_through = parse_stream_id(replayed_up_to)
+            held = self._uncovered(held)
+        self._send_wanted(held)
+
+    def _uncovered(self, events: Sequence[Event]) -> List[Event]:
+        """Drop events the replay already sent; stop checking once past it."""
+        through = self._covered_through
+        kept = []
+        for event in events:
+            key = parse_stream_id(event.id) if event.id is not None else None
+            if key is not None and key <= through:
+                continue
+            if key is not None:
+                self._covered_through = None
+            kept.append(event)
+        return kept
 
     def _send_wanted(self, events: Sequence[Event]) -> None:
         frames = [event.frame for event in events if self.wants(event)]
         if frames:
             self.send(frames[0] if len(frames) == 1 else b"".join(frames))
-
-
-def _is_covered(event: Event, newest: Tuple[int, int]) -> bool:
-    key = parse_stream_id(event.id) if event.id is not None else None
-    return key is not None and key <= newest
 
 
 def _member(value, members: frozenset) -> bool:

@@ -77,3 +77,17 @@ def test_release_without_a_replay_sends_everything_held():
     session.deliver([event("1-0")])
     session.release(None)
     assert ids(sent) == ["1-0"]
+
+
+def test_live_events_the_replay_already_read_are_dropped_after_release():
+    hub, (sent, session) = Hub(), recorder()
+    hub.add(session)
+    session.hold()
+    hub.publish([event("5-0")])
+    session.replay([event("5-0"), event("6-0"), event("7-0")])
+    session.release("7-0")
+    hub.publish([event("6-0"), event("7-0")])
+    hub.publish([event("7-0"), event("8-0")])
+    hub.publish([event("9-0")])
+    assert ids(sent) == ["5-0", "6-0", "7-0", "8-0", "9-0"]
+    assert session.takes_everything

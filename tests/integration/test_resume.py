@@ -1,0 +1,84 @@
+"""Resume: a client that reconnects gets exactly what it missed, or `resync`."""
+
+import threading
+
+from notify_server import messages
+from notify_server.emitter import Emitter
+from notify_server.messages import parse_stream_id
+from tests.support.client import WsClient
+
+
+def emit_numbered(emitter: Emitter, first: int, count: int, tag: str) -> None:
+    for number in range(first, first + count):
+        emitter.emit(messages.task_progress(f"{tag}-{number}", tag, number, 1_000_000, ""))
+
+
+def numbers(client: WsClient, tag: str):
+    return [m["data"]["current"] for m in client.received
+            if m["type"] == "task_progress" and m["data"]["avid"] == tag]
+
+
+async def test_resume_replays_missed_events_in_order(server_port, redis_server):
+    emitter = Emitter(redis_server.url)
+    first = await WsClient.connect(server_port)
+    emit_numbered(emitter, 0, 5, "RES")
+    last = await first.wait_for(lambda m: m["type"] == "task_progress" and m["data"]["current"] == 4)
+    first.close()
+
+    emit_numbered(emitter, 5, 20, "RES")
+    again = await WsClient.connect(server_port, query=f"last_event_id={last['id']}")
+    await again.wait_for(lambda m: m["type"] == "task_progress" and m["data"]["current"] == 24)
+    emit_numbered(emitter, 25, 3, "RES")
+    await again.wait_for(lambda m: m["type"] == "task_progress" and m["data"]["current"] == 27)
+
+    assert numbers(again, "RES") == list(range(5, 28))
+    assert not any(m["type"] == "resync" for m in again.received)
+    again.close()
+
+
+async def test_resume_action_mid_connection_replays_after_the_id(server_port, redis_server):
+    emitter = Emitter(redis_server.url)
+    client = await WsClient.connect(server_port)
+    emit_numbered(emitter, 0, 3, "ACT")
+    marker = await client.wait_for(lambda m: m["type"] == "task_progress"
+                                   and m["data"]["avid"] == "ACT" and m["data"]["current"] == 0)
+    await client.wait_for(lambda m: m["type"] == "task_progress" and m["data"]["current"] == 2)
+
+    await client.send({"action": "resume", "last_event_id": marker["id"]})
+    await client.wait_for(lambda m: len(numbers(client, "ACT")) == 5)
+
+    assert numbers(client, "ACT") == [0, 1, 2, 1, 2]
+    client.close()
+
+
+async def test_resume_during_a_burst_gives_one_ordered_stream_without_gaps(
+        server_port, redis_server):
+    emitter = Emitter(redis_server.url)
+    watcher = await WsClient.connect(server_port)
+    emit_numbered(emitter, 0, 1, "BURST")
+    start = await watcher.wait_for(lambda m: m["type"] == "task_progress"
+                                   and m["data"]["avid"] == "BURST")
+    watcher.close()
+    emit_numbered(emitter, 1, 3000, "BURST")
+
+    live = threading.Thread(target=emit_numbered, args=(Emitter(redis_server.url), 3001, 1000,
+                                                        "BURST"))
+    client = await WsClient.connect(server_port, query=f"last_event_id={start['id']}")
+    live.start()
+    await client.wait_for(lambda m: m["type"] == "task_progress" and m["data"]["current"] == 4000,
+                          timeout=60)
+    live.join()
+
+    assert numbers(client, "BURST") == list(range(1, 4001))
+    event_ids = [parse_stream_id(m["id"]) for m in client.received if "id" in m]
+    assert event_ids == sorted(event_ids) and len(set(event_ids)) == len(event_ids)
+    client.close()
+
+
+async def test_resume_from_an_id_older_than_the_history_sends_resync_first(server_port):
+    client = await WsClient.connect(server_port, query="last_event_id=1-0")
+    first = await client.next()
+    assert first["type"] == "resync" and "reload" in first["data"]["reason"]
+    await client.send({"action": "ping"})
+    assert (await client.wait_for(lambda m: m["type"] == "pong"))["type"] == "pong"
+    client.close()
