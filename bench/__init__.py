@@ -1,0 +1,1 @@
+"""The fan-out benchmark (bench/run.sh). Not part of the server."""
