@@ -1,5 +1,6 @@
 """Tornado handlers: thin adapters between HTTP/WebSocket and the core."""
 
+from .dashboard import STATIC_DIR, DashboardHandler, StaticHandler
 from .health import LivenessHandler, ReadinessHandler
 from .rest import QueueStatusHandler
 from .websocket import TaskSocketHandler
@@ -13,4 +14,6 @@ def routes(server):
         (r"/api/tasks/queue/status/?", QueueStatusHandler, args),
         (r"/healthz", LivenessHandler),
         (r"/readyz", ReadinessHandler, args),
+        (r"/", DashboardHandler),
+        (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]

@@ -1,0 +1,247 @@
+/**
+ * dashboard.js: the page at `/`, drawn from a `TaskBoard` fed by a `NotifyClient`.
+ *
+ * Messages only update the board and mark parts dirty; one
+ * requestAnimationFrame draws each dirty part once, however many events
+ * arrived. Lists are keyed by task id, so an event touches one row's text
+ * and never rebuilds the others.
+ */
+
+import { NotifyClient, socketUrl } from './notify-client.js';
+import { TaskBoard } from './dashboard-state.js';
+
+const board = new TaskBoard();
+const client = new NotifyClient(socketUrl('ws/tasks/', location.href));
+const element = (id) => document.getElementById(id);
+
+// -- keyed rows -------------------------------------------------------------
+
+/** A list element whose rows are kept by key: added, patched, moved, removed. */
+class KeyedList {
+  constructor(list, build, patch) {
+    this.list = list;
+    this.build = build;
+    this.patch = patch;
+    this.rows = new Map();
+  }
+
+  /** Make the list show `items` in this order; returns nothing. */
+  show(items, keyOf) {
+    const wanted = new Set();
+    let cursor = this.list.firstElementChild;
+    for (const item of items) {
+      const key = keyOf(item);
+      wanted.add(key);
+      let row = this.rows.get(key);
+      if (!row) {
+        row = this.build(item);
+        this.rows.set(key, row);
+      }
+      this.patch(row, item);
+      if (row.root === cursor) cursor = cursor.nextElementSibling;
+      else this.list.insertBefore(row.root, cursor);
+    }
+    for (const [key, row] of this.rows) {
+      if (!wanted.has(key)) {
+        row.root.remove();
+        this.rows.delete(key);
+      }
+    }
+  }
+}
+
+function make(tag, className, parent) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (parent) parent.append(node);
+  return node;
+}
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+// -- formatting ---------------------------------------------------------------
+
+function formatDuration(ms) {
+  const seconds = Math.max(0, Math.floor(ms / 1000));
+  const h = Math.floor(seconds / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = String(seconds % 60).padStart(2, '0');
+  return h ? `${h}:${String(m).padStart(2, '0')}:${s}` : `${m}:${s}`;
+}
+
+function formatClock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour12: false });
+}
+
+function shortId(taskId) {
+  return String(taskId).slice(0, 8);
+}
+
+// -- running ------------------------------------------------------------------
+
+const running = new KeyedList(element('running'), (task) => {
+  const root = make('li', 'task');
+  root.dataset.taskId = task.taskId;
+  const name = make('span', 'name', root);
+  const avid = make('span', 'avid', name);
+  const id = make('span', 'task-id', name);
+  id.textContent = shortId(task.taskId);
+  id.title = task.taskId;
+  const worker = make('span', 'worker', root);
+  const elapsed = make('span', 'elapsed', root);
+  elapsed.title = 'running for';
+  const bar = make('span', 'bar', root);
+  bar.setAttribute('role', 'progressbar');
+  bar.setAttribute('aria-valuemin', '0');
+  bar.setAttribute('aria-valuemax', '100');
+  const fill = make('span', 'fill', bar);
+  const percent = make('span', 'percent', root);
+  const step = make('span', 'step', root);
+  return { root, avid, worker, elapsed, bar, fill, percent, step, shownPercent: undefined };
+}, (row, task) => {
+  setText(row.avid, String(task.avid ?? ''));
+  setText(row.worker, task.worker ?? '');
+  setText(row.elapsed, formatDuration(Date.now() - task.startedAt));
+  setText(row.step, task.progress);
+  if (row.shownPercent === task.percent) return;
+  row.shownPercent = task.percent;
+  if (task.percent === null) {
+    row.bar.removeAttribute('aria-valuenow');
+    row.bar.classList.add('unknown');
+    row.percent.textContent = '';
+  } else {
+    row.bar.setAttribute('aria-valuenow', String(task.percent));
+    row.bar.classList.remove('unknown');
+    row.fill.style.width = `${task.percent}%`;
+    row.percent.textContent = `${Math.round(task.percent)}%`;
+  }
+});
+
+function drawRunning() {
+  const tasks = [...board.running.values()]
+    .sort((a, b) => a.startedAt - b.startedAt || (a.taskId < b.taskId ? -1 : 1));
+  running.show(tasks, (task) => task.taskId);
+  setText(element('running-count'), String(tasks.length));
+  document.title = tasks.length ? `(${tasks.length}) Celery tasks` : 'Celery tasks';
+}
+
+function tickElapsed() {
+  const now = Date.now();
+  for (const [taskId, row] of running.rows) {
+    const task = board.running.get(taskId);
+    if (task) setText(row.elapsed, formatDuration(now - task.startedAt));
+  }
+}
+
+// -- waiting ------------------------------------------------------------------
+
+const waiting = new KeyedList(element('waiting'), (task) => {
+  const root = make('li', 'task');
+  root.dataset.taskId = task.taskId;
+  const name = make('span', 'name', root);
+  const avid = make('span', 'avid', name);
+  const id = make('span', 'task-id', name);
+  id.textContent = shortId(task.taskId);
+  id.title = task.taskId;
+  const worker = make('span', 'worker', root);
+  const kind = make('span', 'kind', root);
+  return { root, avid, worker, kind };
+}, (row, task) => {
+  setText(row.avid, String(task.avid ?? ''));
+  setText(row.worker, task.worker ?? '');
+  row.root.dataset.kind = task.kind;
+  const eta = Date.parse(task.eta);
+  setText(row.kind, task.kind === 'scheduled' && eta ? `scheduled for ${formatClock(eta)}` : task.kind);
+});
+
+function drawWaiting() {
+  waiting.show(board.waiting, (task) => task.taskId);
+  setText(element('waiting-count'), String(board.waiting.length));
+}
+
+// -- notifications ------------------------------------------------------------
+
+const notifications = new KeyedList(element('notifications'), (note) => {
+  const root = make('li', 'event');
+  root.dataset.kind = note.kind;
+  if (note.taskId) root.dataset.taskId = note.taskId;
+  make('time', 'at', root).textContent = formatClock(note.at);
+  make('span', 'kind', root).textContent = note.kind;
+  make('span', 'avid', root).textContent = String(note.avid ?? '');
+  make('span', 'message', root).textContent = note.message;
+  return { root };
+}, () => {});
+
+function drawNotifications() {
+  notifications.show(board.notifications, (note) => note.key);
+}
+
+// -- snapshot and connection -----------------------------------------------------
+
+function drawSnapshot() {
+  const snapshot = board.snapshot;
+  if (!snapshot) return;
+  const box = element('snapshot');
+  box.dataset.stale = String(snapshot.stale);
+  let text;
+  if (snapshot.updatedAt === null) {
+    text = 'No queue snapshot yet: no Celery worker has answered.';
+  } else {
+    const seconds = Math.max(0, Math.round((Date.now() - snapshot.updatedAt) / 1000));
+    const age = seconds < 60 ? `${seconds} s` : formatDuration(seconds * 1000);
+    text = `Queue lists last changed at ${formatClock(snapshot.updatedAt)} (${age} ago)`;
+    if (snapshot.stale) text += ': stale, the last poll failed; showing the last good lists';
+  }
+  setText(element('snapshot-text'), text);
+  setText(element('workers'), snapshot.workers.length ? `Workers: ${snapshot.workers.join(', ')}` : '');
+}
+
+function drawConnection({ state, attempt, delay }) {
+  const box = element('connection');
+  box.dataset.state = state;
+  const labels = {
+    connecting: attempt ? `Connecting (attempt ${attempt + 1})…` : 'Connecting…',
+    open: 'Live',
+    reconnecting: `Disconnected; retrying in ${((delay ?? 0) / 1000).toFixed(1)} s`,
+    closed: 'Closed',
+  };
+  setText(box, labels[state] ?? state);
+}
+
+// -- wiring -------------------------------------------------------------------
+
+const dirty = new Set();
+let frame = 0;
+
+function invalidate(parts) {
+  for (const part of parts) dirty.add(part);
+  if (dirty.size && !frame) frame = requestAnimationFrame(draw);
+}
+
+function draw() {
+  frame = 0;
+  if (dirty.has('running')) drawRunning();
+  else if (dirty.has('clock')) tickElapsed();
+  if (dirty.has('waiting')) drawWaiting();
+  if (dirty.has('notifications')) drawNotifications();
+  if (dirty.has('snapshot') || dirty.has('clock')) drawSnapshot();
+  dirty.clear();
+}
+
+client.on('state', (detail) => {
+  drawConnection(detail);
+  if (detail.state === 'open') client.getQueueStatus().catch(() => {});
+});
+client.on('queue_status', (data) => invalidate(board.applyQueueStatus(data)));
+client.on('resync', (data) => {
+  invalidate(board.applyResync(data.reason));
+  client.getQueueStatus().catch(() => {});
+});
+for (const type of ['task_started', 'task_progress', 'task_completed', 'task_failed',
+  'task_retrying', 'task_revoked']) {
+  client.on(type, (data) => invalidate(board.applyTaskEvent(type, data)));
+}
+setInterval(() => invalidate(['clock']), 1000);
+client.connect();
