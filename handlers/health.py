@@ -14,10 +14,10 @@ class LivenessHandler(tornado.web.RequestHandler):
 
 
 class ReadinessHandler(tornado.web.RequestHandler):
-    """`GET /readyz`: 200 when the events subscription is up and the last
-    inspect poll succeeded, else 503; the body says which check fails:
-    ``{"ready": bool, "redis": bool, "queue": bool, "queue_reason": str|null,
-    "clients": int}``."""
+    """`GET /readyz`: 200 when the events subscription is up and the broker
+    answered the last inspect poll, else 503. The body says which check fails
+    and why the queue snapshot is stale, if it is: ``{"ready", "redis",
+    "broker", "queue_stale_reason", "clients"}``."""
 
     def initialize(self, server) -> None:
         self.server = server
@@ -25,8 +25,8 @@ class ReadinessHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         server = self.server
         body = {"ready": server.ready, "redis": server.relay.connected,
-                "queue": server.queue.stale_reason is None,
-                "queue_reason": server.queue.stale_reason, "clients": len(server.hub)}
+                "broker": server.poller.broker_reachable is True,
+                "queue_stale_reason": server.queue.stale_reason, "clients": len(server.hub)}
         self.set_status(200 if server.ready else 503)
         self.set_header("Content-Type", "application/json")
         self.finish(messages.encode(body))

@@ -79,8 +79,10 @@ class Emitter:
 
     @property
     def pending(self) -> int:
+        """Events waiting for Redis (taken under the lock: a flush in progress ends first)."""
         self._ensure_process()
-        return len(self._pending)
+        with self._lock:
+            return len(self._pending)
 
     def _flush_locked(self) -> None:
         if time.monotonic() < self._retry_at:

@@ -59,6 +59,8 @@ class QueuePoller:
         self._ticker: Optional[asyncio.Task] = None
         self.last_duration: Optional[float] = None
         self.failures = 0
+        # None until the first poll ends; False while the broker cannot be reached.
+        self.broker_reachable: Optional[bool] = None
 
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
@@ -105,10 +107,12 @@ class QueuePoller:
         try:
             replies = await loop.run_in_executor(self._executor, self._inspect, destination)
         except Exception as exc:  # any Celery/kombu failure: the broker is unreachable
+            self.broker_reachable = False
             self._failed(f"broker unreachable: {type(exc).__name__}: {exc}")
             return
         finally:
             self.last_duration = time.monotonic() - started
+        self.broker_reachable = True
         snapshot = normalise(*replies, subject_arg=self._subject_arg)
         responders = frozenset(snapshot["workers"])
         if not responders:

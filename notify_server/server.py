@@ -102,7 +102,11 @@ class NotifyServer:
 
     @property
     def ready(self) -> bool:
-        return self.relay.connected and self.queue.stale_reason is None
+        """Redis subscription up and the broker answered the last inspect poll.
+
+        No worker answering makes `queue_status` stale but not the server
+        unready: another server process would not do better."""
+        return self.relay.connected and self.poller.broker_reachable is True
 
     def queue_status_frame(self) -> bytes:
         """The framed `queue_status` for one client: the cached snapshot, or

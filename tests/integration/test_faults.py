@@ -1,0 +1,287 @@
+"""Faults on real processes: Redis killed and restarted, slow readers, dead peers,
+oversized frames, a killed pool child, a dead broker, SIGTERM.
+
+Each test starts what it needs (or uses the session services where the fault
+does not disturb them) and stops it; each is bounded by pytest-timeout.
+"""
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import threading
+
+import psutil
+from celery import Celery
+from tornado.httpclient import AsyncHTTPClient
+
+from notify_server import messages
+from notify_server.embedded_redis import EmbeddedRedis, free_port
+from notify_server.emitter import Emitter
+from tests.support.client import WsClient, of_task, queue_status_where
+from tests.support.processes import start_server, start_worker
+from tests.support.tasks import submit, unique_avid
+from tests.support.waiting import eventually
+
+FAULT_TABLE = []
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a worker and its pool children: a crash, not a shutdown."""
+    parent = psutil.Process(pid)
+    for process in [*parent.children(recursive=True), parent]:
+        process.kill()
+
+
+def progress(tag: str, number: int, text: str = "") -> dict:
+    return messages.task_progress(f"{tag}-{number}", tag, number, 1_000_000, text)
+
+
+def numbers(client: WsClient, tag: str):
+    return [m["data"]["current"] for m in client.received
+            if m["type"] == "task_progress" and m["data"]["avid"] == tag]
+
+
+def record(fault: str, emitted: int, got: list) -> None:
+    delivered = len(got)
+    FAULT_TABLE.append((fault, emitted, delivered, emitted - len(set(got)),
+                        delivered - len(set(got))))
+    print(f"FAULT-TABLE | {fault} | {emitted} | {delivered} | {emitted - len(set(got))} | "
+          f"{delivered - len(set(got))} |")
+
+
+async def get_json(port: int, path: str):
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", raise_error=False)
+    return response.code, json.loads(response.body)
+
+
+async def test_redis_killed_and_restarted_mid_stream_loses_and_duplicates_nothing():
+    redis = EmbeddedRedis(appendonly=True)
+    redis.start()
+    server, port = start_server(redis.url, name="server-redis-restart")
+    try:
+        client = await WsClient.connect(port)
+        emitter = Emitter(redis.url, buffer_size=1000)
+        for number in range(0, 100):
+            emitter.emit(progress("KILL", number))
+        await client.wait_for(lambda m: numbers(client, "KILL")[-1:] == [99])
+
+        redis.kill()
+        await eventually(lambda: get_json(port, "/readyz"), lambda r: r[0] == 503 and
+                         not r[1]["redis"])
+        for number in range(100, 200):
+            emitter.emit(progress("KILL", number))
+        assert emitter.pending == 100
+        redis.start()
+        for number in range(200, 300):
+            emitter.emit(progress("KILL", number))
+
+        await client.wait_for(lambda m: len(numbers(client, "KILL")) >= 300, timeout=30)
+        await eventually(lambda: get_json(port, "/readyz"), lambda r: r[1]["redis"])
+        await client.send({"action": "ping"})
+        await client.wait_for(lambda m: m["type"] == "pong")
+
+        got = numbers(client, "KILL")
+        record("redis-server kill -9 and restart mid-stream", 300, got)
+        assert got == list(range(300))
+        assert client.close_code is None
+        client.close()
+    finally:
+        assert server.stop() == 0
+        redis.stop()
+    tracebacks = sum("Traceback" in line for line in server.output)
+    assert tracebacks == 0, server.log_path
+
+
+def raw_handshake(port: int, receive_buffer: int = 0) -> socket.socket:
+    """A peer that opens a WebSocket and then reads nothing and answers no ping."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws/tasks/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response.split(b"\r\n")[0]
+    return sock
+
+
+def read_until_close_frame(sock: socket.socket, timeout: float = 20.0) -> tuple:
+    """Drain a raw socket until a close frame arrives: (text frames seen, close code)."""
+    sock.settimeout(timeout)
+    buffer, texts = b"", 0
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise AssertionError("connection ended without a close frame")
+        buffer += chunk
+        while len(buffer) >= 2:
+            opcode, length, offset = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+            if length == 126:
+                length, offset = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                length, offset = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < offset + length:
+                break
+            payload, buffer = buffer[offset:offset + length], buffer[offset + length:]
+            if opcode == 0x8:
+                return texts, int.from_bytes(payload[:2], "big")
+            texts += opcode == 0x1
+
+
+async def test_a_reader_that_stops_reading_is_closed_with_4008_and_others_get_everything(
+        redis_server):
+    server, port = start_server(redis_server.url, env={"NOTIFY_MAX_CLIENT_BUFFER": "262144"},
+                                name="server-slow-reader")
+    try:
+        slow = raw_handshake(port, receive_buffer=4096)
+        fast = await WsClient.connect(port)
+        slow_view = {}
+
+        def read_once_cut_off():
+            # The slow reader looks at its socket again only after the server gave up on it.
+            server.wait_for_line(r"closing slow client", timeout=120)
+            slow_view["texts"], slow_view["code"] = read_until_close_frame(slow)
+
+        watcher = threading.Thread(target=read_once_cut_off, daemon=True)
+        watcher.start()
+        rss_before = psutil.Process(server.process.pid).memory_info().rss
+        emitter = Emitter(redis_server.url)
+        padding = "x" * 2000
+        total, chunk = 10000, 500  # ~20 MB in all, far past the 256 KiB limit
+        for first in range(0, total, chunk):
+            for number in range(first, first + chunk):
+                emitter.emit(progress("SLOW", number, padding))
+            await fast.wait_for(lambda m: len(numbers(fast, "SLOW")) >= first + chunk)
+        rss_after = psutil.Process(server.process.pid).memory_info().rss
+        await asyncio.get_running_loop().run_in_executor(None, watcher.join, 30)
+
+        assert slow_view["code"] == messages.CLOSE_SLOW
+        assert slow_view["texts"] < total
+        got = numbers(fast, "SLOW")
+        record("one reader stops reading (the other client's view)", total, got)
+        assert got == list(range(total))
+        assert fast.close_code is None
+        growth_mb = (rss_after - rss_before) / 2**20
+        print(f"server RSS growth during the slow-reader run: {growth_mb:.1f} MB "
+              f"for {total * 2 / 1000:.0f} MB of events")
+        assert growth_mb < 10, growth_mb
+        slow.close()
+        fast.close()
+    finally:
+        assert server.stop() == 0
+
+
+async def test_heartbeats_close_dead_peers_and_keep_live_ones(redis_server):
+    server, port = start_server(redis_server.url, env={"NOTIFY_PING_INTERVAL": "0.3",
+                                                        "NOTIFY_PING_TIMEOUT": "0.6"},
+                                name="server-heartbeat")
+    try:
+        live = await WsClient.connect(port)
+        dead = raw_handshake(port)
+        await eventually(lambda: get_json(port, "/readyz"), lambda r: r[1]["clients"] == 2)
+
+        await eventually(lambda: get_json(port, "/readyz"), lambda r: r[1]["clients"] == 1)
+
+        await live.send({"action": "ping"})
+        assert (await live.wait_for(lambda m: m["type"] == "pong"))["data"]["time"] > 0
+        assert live.close_code is None
+        dead.close()
+        live.close()
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_frame_over_the_size_limit_closes_with_1009(server_port):
+    client = await WsClient.connect(server_port)
+    await client.send(json.dumps({"action": "ping", "pad": "x" * 70000}))
+    assert await client.wait_closed() == 1009
+
+
+async def test_a_killed_pool_child_yields_task_failed_and_leaves_active_tasks(
+        server_port, producer):
+    client = await WsClient.connect(server_port)
+    task_id = submit(producer, unique_avid("KILL9"), seconds=60)
+    await client.wait_for(of_task(task_id, "task_started"))
+    active = producer.control.inspect(timeout=2).active() or {}
+    [pid] = [info["worker_pid"] for tasks in active.values() for info in tasks
+             if info["id"] == task_id]
+
+    os.kill(pid, signal.SIGKILL)
+
+    failed = await client.wait_for(of_task(task_id, "task_failed"))
+    assert "WorkerLostError" in failed["data"]["message"]
+    assert "signal 9" in failed["data"]["message"]
+    await client.wait_for(queue_status_where(
+        lambda d: all(t["task_id"] != task_id for t in d["active_tasks"])))
+    client.close()
+
+
+async def test_sigterm_closes_every_client_with_1001_and_exits_cleanly(redis_server):
+    server, port = start_server(redis_server.url, name="server-sigterm")
+    clients = [await WsClient.connect(port) for _ in range(3)]
+
+    server.signal(signal.SIGTERM)
+
+    for client in clients:
+        assert await client.wait_closed() == 1001
+        assert client.close_reason == "server shutting down"
+    assert server.wait(timeout=15) == 0
+    assert not any("Traceback" in line for line in server.output)
+    server.stop()
+
+
+async def test_a_dead_broker_makes_the_queue_unavailable_but_not_the_server(redis_server):
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"
+    server, port = start_server(redis_server.url, env={"CELERY_BROKER_URL": dead_broker},
+                                name="server-dead-broker")
+    try:
+        code, body = await eventually(
+            lambda: get_json(port, "/api/tasks/queue/status"),
+            lambda r: r[1]["message"].startswith("broker unreachable"))
+        assert code == 503 and body["code"] == 503 and body["data"] is None
+        code, ready = await get_json(port, "/readyz")
+        assert code == 503 and ready["redis"] and not ready["broker"]
+
+        client = await WsClient.connect(port)
+        Emitter(redis_server.url).emit(messages.task_started("dead-broker", "DB-1"))
+        await client.wait_for(of_task("dead-broker", "task_started"))
+        await client.send({"action": "get_queue_status"})
+        status = await client.wait_for(lambda m: m["type"] == "queue_status")
+        assert status["data"]["stale"] is True
+        client.close()
+    finally:
+        assert server.stop() == 0
+
+
+async def test_when_the_workers_go_away_queue_status_keeps_the_last_snapshot_marked_stale():
+    redis = EmbeddedRedis()
+    redis.start()
+    worker = start_worker(redis.url, "stale@localhost", concurrency=1)
+    server, port = start_server(redis.url, name="server-stale")
+    producer = Celery("stale-producer", broker=redis.url, set_as_current=False)
+    try:
+        client = await WsClient.connect(port)
+        task_id = submit(producer, unique_avid("LATER"), countdown=600)
+        await client.wait_for(queue_status_where(
+            lambda d: [t["task_id"] for t in d["scheduled_tasks"]] == [task_id]))
+
+        kill_tree(worker.process.pid)
+
+        stale = await client.wait_for(queue_status_where(lambda d: d["stale"]))
+        assert [t["task_id"] for t in stale["data"]["scheduled_tasks"]] == [task_id]
+        code, body = await get_json(port, "/api/tasks/queue/status")
+        assert code == 200 and body["data"]["stale"] is True
+        assert body["message"] == "stale: no Celery worker answered the inspect poll"
+        client.close()
+    finally:
+        producer.close()
+        worker.stop()
+        assert server.stop() == 0
+        redis.stop()
