@@ -2,6 +2,7 @@
 
 from .dashboard import STATIC_DIR, DashboardHandler, StaticHandler
 from .health import LivenessHandler, ReadinessHandler
+from .metrics import MetricsHandler
 from .rest import QueueStatusHandler
 from .websocket import TaskSocketHandler
 
@@ -14,6 +15,7 @@ def routes(server):
         (r"/api/tasks/queue/status/?", QueueStatusHandler, args),
         (r"/healthz", LivenessHandler),
         (r"/readyz", ReadinessHandler, args),
+        (r"/metrics", MetricsHandler, args),
         (r"/", DashboardHandler),
         (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]

@@ -39,7 +39,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     def open(self) -> None:
         self.writer = FrameWriter(self.ws_connection.stream, self.server.settings.max_client_buffer,
                                   self._too_slow)
-        self.session = Session(self.writer.write, self.close)
+        self.session = Session(self.writer.write, self.close, self.server.metrics.delivered)
         last_event_id = self.get_query_argument("last_event_id", None)
         if last_event_id is None:
             self.server.hub.add(self.session)
@@ -47,7 +47,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         try:
             action = messages.parse_resume_argument(last_event_id)
         except ProtocolError as exc:
-            self.writer.write(messages.frame(exc.reply()))
+            self._reply(messages.ERROR, messages.frame(exc.reply()))
             self.server.hub.add(self.session)
             return
         self._start_resume(action.last_event_id)
@@ -56,12 +56,12 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         try:
             action = messages.parse_action(frame)
         except ProtocolError as exc:
-            self.writer.write(messages.frame(exc.reply()))
+            self._reply(messages.ERROR, messages.frame(exc.reply()))
             return
         if action.name == "get_queue_status":
-            self.writer.write(self.server.queue_status_frame())
+            self._reply(messages.QUEUE_STATUS, self.server.queue_status_frame())
         elif action.name == "ping":
-            self.writer.write(self.server.pong_frame())
+            self._reply(messages.PONG, self.server.pong_frame())
         elif action.name == "subscribe":
             self.session.subscribe(action.task_ids, action.avids)
         elif action.name == "resume":
@@ -76,9 +76,13 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         self.server.hub.add(self.session)
         asyncio.ensure_future(self.server.resume(self.session, last_event_id))
 
-    def _too_slow(self) -> None:
+    def _reply(self, kind: str, frame: bytes) -> None:
+        self.writer.write(frame)
+        self.server.metrics.sent.labels(kind).inc()
+
+    def _too_slow(self, dropped_bytes: int) -> None:
         self.server.hub.discard(self.session)
-        self.server.slow_client_closed()
+        self.server.slow_client_closed(dropped_bytes)
         log.warning("closing slow client %s: more than %d bytes unsent",
                     self.request.remote_ip, self.server.settings.max_client_buffer)
         self.close(messages.CLOSE_SLOW, "slow client: outgoing buffer full")

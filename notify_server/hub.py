@@ -28,23 +28,32 @@ class Hub:
     def __iter__(self) -> Iterator[Session]:
         return iter(tuple(self._sessions))
 
-    def publish(self, events: Sequence[Event]) -> None:
-        """Offer a batch of task events, in order, to every session."""
+    def publish(self, events: Sequence[Event]) -> int:
+        """Offer a batch of task events, in order, to every session.
+
+        Returns how many sessions got the whole batch as one shared write
+        (the others filter, replay or hold, and account for themselves)."""
         if not events:
-            return
+            return 0
         shared = None
+        recipients = 0
         for session in tuple(self._sessions):
             if session.takes_everything:
                 if shared is None:
                     shared = b"".join(event.frame for event in events)
                 session.send(shared)
+                recipients += 1
             else:
                 session.deliver(events)
+        return recipients
 
-    def send_all(self, frame: bytes) -> None:
-        """Send an already-framed message (a `queue_status`, a `resync`) to every session."""
-        for session in tuple(self._sessions):
+    def send_all(self, frame: bytes) -> int:
+        """Send an already-framed message (a `queue_status`, a `resync`) to every
+        session; returns how many."""
+        sessions = tuple(self._sessions)
+        for session in sessions:
             session.send(frame)
+        return len(sessions)
 
     def close_all(self, code: int, reason: str) -> None:
         for session in tuple(self._sessions):

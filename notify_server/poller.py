@@ -39,14 +39,16 @@ class QueuePoller:
     names the workers it already knows passes `limit`, so it ends as soon as
     they all answered; every `discovery_interval` a poll waits the full
     timeout to find workers that joined. `on_change(data)` is called on the
-    event loop when the snapshot or its staleness changed. Failures are
-    logged once per outage and never propagate.
+    event loop when the snapshot or its staleness changed; `on_poll(seconds,
+    error or None)` after every poll. Failures are logged once per outage and
+    never propagate.
     """
 
     def __init__(self, app: Celery, state: QueueState, on_change: Callable[[dict], None],
                  *, interval: float, timeout: float, discovery_interval: float,
-                 refresh_delay: float, subject_arg: str):
-        self._app, self._state, self._on_change = app, state, on_change
+                 refresh_delay: float, subject_arg: str,
+                 on_poll: Callable[[float, Optional[str]], None] = lambda duration, error: None):
+        self._app, self._state, self._on_change, self._on_poll = app, state, on_change, on_poll
         self._interval, self._timeout = interval, timeout
         self._discovery_interval, self._refresh_delay = discovery_interval, refresh_delay
         self._subject_arg = subject_arg
@@ -57,7 +59,6 @@ class QueuePoller:
         self._again = False
         self._refresh: Optional[asyncio.TimerHandle] = None
         self._ticker: Optional[asyncio.Task] = None
-        self.last_duration: Optional[float] = None
         self.failures = 0
         # None until the first poll ends; False while the broker cannot be reached.
         self.broker_reachable: Optional[bool] = None
@@ -108,16 +109,14 @@ class QueuePoller:
             replies = await loop.run_in_executor(self._executor, self._inspect, destination)
         except Exception as exc:  # any Celery/kombu failure: the broker is unreachable
             self.broker_reachable = False
-            self._failed(f"broker unreachable: {type(exc).__name__}: {exc}")
+            self._failed(f"broker unreachable: {type(exc).__name__}: {exc}", started)
             return
-        finally:
-            self.last_duration = time.monotonic() - started
         self.broker_reachable = True
         snapshot = normalise(*replies, subject_arg=self._subject_arg)
         responders = frozenset(snapshot["workers"])
         if not responders:
             self._known = frozenset()
-            self._failed("no Celery worker answered the inspect poll")
+            self._failed("no Celery worker answered the inspect poll", started)
             return
         self._known = responders
         if discovering:
@@ -125,6 +124,7 @@ class QueuePoller:
         if self.failures:
             log.info("inspect poll recovered after %d failure(s)", self.failures)
         self.failures = 0
+        self._on_poll(time.monotonic() - started, None)
         if self._state.update(snapshot, time.time()):
             self._on_change(self._state.data())
 
@@ -134,7 +134,8 @@ class QueuePoller:
                                             limit=limit)
         return inspect.active(), inspect.scheduled(), inspect.reserved()
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, reason: str, started: float) -> None:
+        self._on_poll(time.monotonic() - started, reason)
         if self.failures == 0:
             log.warning("queue snapshot is stale: %s", reason)
         self.failures += 1

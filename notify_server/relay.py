@@ -38,6 +38,7 @@ class Relay:
     longer holds that id, `on_resync(reason)` is called before the rest.
     Events published without an id are relayed live only.
 
+    Malformed messages are logged and reported to `on_invalid()`.
     `on_connected(bool)` reports the subscription's state on each change;
     `subscribed_once` is set when the first subscription is in place.
     """
@@ -45,9 +46,11 @@ class Relay:
     def __init__(self, redis_url: str, channel: str, stream: str,
                  on_events: Callable[[List[Event]], None],
                  on_resync: Callable[[str], None],
-                 on_connected: Callable[[bool], None]):
+                 on_connected: Callable[[bool], None],
+                 on_invalid: Callable[[], None] = lambda: None):
         self._url, self._channel, self._stream = redis_url, channel, stream
         self._on_events, self._on_resync, self._on_connected = on_events, on_resync, on_connected
+        self._on_invalid = on_invalid
         self._last_id: Optional[str] = None
         self._last_key = (0, 0)
         self._backoff = Backoff(base=0.1, cap=3.0)
@@ -111,6 +114,7 @@ class Relay:
             event = parse_event(payload)
         except InvalidEvent as exc:
             log.warning("ignoring malformed message on %s: %s", self._channel, exc)
+            self._on_invalid()
             return
         if self._is_new(event):
             batch.append(event)

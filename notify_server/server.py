@@ -22,6 +22,7 @@ from . import messages
 from .history import History
 from .hub import Hub
 from .messages import Event
+from .metrics import Metrics
 from .poller import QueuePoller, make_inspect_app
 from .queue_status import QueueState
 from .relay import Relay
@@ -44,20 +45,22 @@ class NotifyServer:
         self.settings = settings
         self.hub = Hub()
         self.queue = QueueState()
+        self.metrics = Metrics(open_connections=lambda: len(self.hub))
         self.redis = Redis.from_url(settings.redis_url, socket_timeout=5.0,
                                     socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1))
         self.history = History(self.redis, settings.history_stream)
         self.relay = Relay(settings.redis_url, settings.events_channel, settings.history_stream,
                            on_events=self._on_events, on_resync=self._on_resync,
-                           on_connected=self._on_redis_state)
+                           on_connected=self._on_redis_state,
+                           on_invalid=self.metrics.dropped.labels("invalid").inc)
         self.poller = QueuePoller(
             make_inspect_app(settings.effective_broker_url), self.queue, self._on_queue_change,
             interval=settings.poll_interval, timeout=settings.inspect_timeout,
             discovery_interval=settings.discovery_interval,
-            refresh_delay=settings.refresh_delay, subject_arg=settings.subject_arg)
-        self._relay_task: Optional[asyncio.Task] = None
+            refresh_delay=settings.refresh_delay, subject_arg=settings.subject_arg,
+            on_poll=self.metrics.poll)
+        self._tasks: List[asyncio.Task] = []
         self._queue_frame: Optional[bytes] = None
-        self.slow_clients_closed = 0
 
     def application(self) -> tornado.web.Application:
         return tornado.web.Application(
@@ -71,7 +74,9 @@ class NotifyServer:
         """Start the relay and the poller. Returns once the events subscription
         is in place, or after `subscribe_timeout` if Redis is unreachable (the
         relay keeps retrying)."""
-        self._relay_task = asyncio.get_running_loop().create_task(self.relay.run())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.relay.run()),
+                       loop.create_task(self.metrics.watch_loop_lag())]
         self.poller.start()
         try:
             await asyncio.wait_for(self.relay.subscribed_once.wait(), subscribe_timeout)
@@ -86,12 +91,9 @@ class NotifyServer:
         """
         self.hub.close_all(messages.CLOSE_GOING_AWAY, "server shutting down")
         await self.poller.stop()
-        if self._relay_task is not None:
-            self._relay_task.cancel()
-            try:
-                await self._relay_task
-            except asyncio.CancelledError:
-                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.redis.aclose()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -142,22 +144,25 @@ class NotifyServer:
     def pong_frame(self) -> bytes:
         return messages.frame(messages.pong(time.time()))
 
-    def slow_client_closed(self) -> None:
-        self.slow_clients_closed += 1
+    def slow_client_closed(self, dropped_bytes: int) -> None:
+        self.metrics.slow_disconnects.inc()
+        self.metrics.slow_dropped_bytes.inc(dropped_bytes)
 
     # -- callbacks from the relay and poller ----------------------------------
 
     def _on_events(self, events: List[Event]) -> None:
-        self.hub.publish(events)
+        self.metrics.broadcast(events, self.hub.publish(events), time.time())
         if any(event.type in LIFECYCLE for event in events):
             self.poller.request_refresh()
 
     def _on_resync(self, reason: str) -> None:
-        self.hub.send_all(messages.frame(messages.resync(reason)))
+        sent = self.hub.send_all(messages.frame(messages.resync(reason)))
+        self.metrics.sent.labels(messages.RESYNC).inc(sent)
 
     def _on_redis_state(self, connected: bool) -> None:
         log.info("events subscription %s", "up" if connected else "down")
+        self.metrics.redis_up.set(1 if connected else 0)
 
     def _on_queue_change(self, data: dict) -> None:
         self._queue_frame = messages.frame(messages.queue_status(data))
-        self.hub.send_all(self._queue_frame)
+        self.metrics.sent.labels(messages.QUEUE_STATUS).inc(self.hub.send_all(self._queue_frame))

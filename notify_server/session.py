@@ -20,12 +20,16 @@ class Session:
     sees one ordered stream without duplicates.
     """
 
-    __slots__ = ("send", "close", "_task_ids", "_avids", "_held", "_covered_through",
-                 "__weakref__")
+    __slots__ = ("send", "close", "_on_sent", "_task_ids", "_avids", "_held",
+                 "_covered_through", "__weakref__")
 
-    def __init__(self, send: Callable[[bytes], None], close: Callable[[int, str], None]):
+    def __init__(self, send: Callable[[bytes], None], close: Callable[[int, str], None],
+                 on_sent: Optional[Callable[[Sequence[Event]], None]] = None):
+        """`on_sent(events)` is told of events this session sent itself: those
+        filtered, replayed or held (the hub counts its shared broadcasts)."""
         self.send = send
         self.close = close
+        self._on_sent = on_sent
         self._task_ids: Optional[frozenset] = None
         self._avids: Optional[frozenset] = None
         self._held: Optional[List[Event]] = None
@@ -92,9 +96,13 @@ class Session:
         return kept
 
     def _send_wanted(self, events: Sequence[Event]) -> None:
-        frames = [event.frame for event in events if self.wants(event)]
-        if frames:
-            self.send(frames[0] if len(frames) == 1 else b"".join(frames))
+        wanted = [event for event in events if self.wants(event)]
+        if not wanted:
+            return
+        self.send(wanted[0].frame if len(wanted) == 1 else
+                  b"".join(event.frame for event in wanted))
+        if self._on_sent is not None:
+            self._on_sent(wanted)
 
 
 def _member(value, members: frozenset) -> bool:

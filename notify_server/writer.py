@@ -18,7 +18,8 @@ class FrameWriter:
     once when the stream has nothing pending: no Future, no copy. What the
     socket does not take goes to the IOStream; frames written while that is
     draining wait in a backlog that follows in one write. When the backlog
-    passes `limit` bytes, it is dropped and `on_overflow()` is called once;
+    passes `limit` bytes, it is dropped and `on_overflow(dropped_bytes)` is
+    called once;
     later writes are ignored. Memory per client therefore stays under about
     twice `limit`, plus the kernel's socket buffer.
 
@@ -28,7 +29,7 @@ class FrameWriter:
     __slots__ = ("_stream", "_socket", "_limit", "_on_overflow", "_backlog",
                  "_backlog_bytes", "_draining", "overflowed")
 
-    def __init__(self, stream: IOStream, limit: int, on_overflow: Callable[[], None]):
+    def __init__(self, stream: IOStream, limit: int, on_overflow: Callable[[int], None]):
         self._stream = stream
         # TLS streams must encrypt through the IOStream; plain ones may take the fast path.
         self._socket = stream.socket if type(stream) is IOStream else None
@@ -79,5 +80,6 @@ class FrameWriter:
 
     def _overflow(self) -> None:
         self.overflowed = True
+        dropped = self._backlog_bytes
         self._backlog, self._backlog_bytes = [], 0
-        self._on_overflow()
+        self._on_overflow(dropped)

@@ -163,6 +163,8 @@ async def test_a_reader_that_stops_reading_is_closed_with_4008_and_others_get_ev
         await asyncio.get_running_loop().run_in_executor(None, watcher.join, 30)
 
         assert slow_view["code"] == messages.CLOSE_SLOW
+        metrics = (await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")).body
+        assert b"notify_slow_client_disconnects_total 1.0" in metrics
         assert slow_view["texts"] < total
         got = numbers(fast, "SLOW")
         record("one reader stops reading (the other client's view)", total, got)

@@ -1,0 +1,78 @@
+"""Prometheus metrics of one server process (prometheus_client).
+
+One `Metrics` per `NotifyServer`, with its own registry: no module globals,
+so tests and several servers in one process do not collide.
+"""
+
+import asyncio
+from typing import Callable, Iterable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .messages import Event, parse_stream_id
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, open_connections: Callable[[], int]):
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.connections = Gauge("notify_open_connections", "Open WebSocket connections.",
+                                 registry=registry)
+        self.connections.set_function(open_connections)
+        self.sent = Counter("notify_messages_sent", "Messages handed to client sockets, by type.",
+                            ["type"], registry=registry)
+        self.dropped = Counter("notify_messages_dropped",
+                               "Messages not delivered, by reason (invalid, slow_client).",
+                               ["reason"], registry=registry)
+        self.slow_disconnects = Counter("notify_slow_client_disconnects",
+                                        "Clients closed with 4008 for not reading.",
+                                        registry=registry)
+        self.slow_dropped_bytes = Counter("notify_slow_client_dropped_bytes",
+                                          "Backlog bytes dropped when a slow client was closed.",
+                                          registry=registry)
+        self.relay_lag = Histogram("notify_relay_lag_seconds",
+                                   "From the event's XADD (its stream id) to its broadcast.",
+                                   buckets=LATENCY_BUCKETS, registry=registry)
+        self.poll_duration = Histogram("notify_inspect_poll_duration_seconds",
+                                       "Duration of one Celery inspect poll (3 calls).",
+                                       buckets=LATENCY_BUCKETS, registry=registry)
+        self.poll_failures = Counter("notify_inspect_poll_failures",
+                                     "Inspect polls that failed or got no worker reply.",
+                                     registry=registry)
+        self.redis_up = Gauge("notify_redis_connected",
+                              "1 while the events subscription is up.", registry=registry)
+        self.loop_lag = Histogram("notify_event_loop_lag_seconds",
+                                  "How late a periodic timer fires on the event loop.",
+                                  buckets=LATENCY_BUCKETS, registry=registry)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def broadcast(self, events: Iterable[Event], recipients: int, now: float) -> None:
+        """Count a batch sent to `recipients` sessions and observe each event's lag."""
+        for event in events:
+            if recipients:
+                self.sent.labels(event.type).inc(recipients)
+            key = parse_stream_id(event.id) if event.id is not None else None
+            if key is not None:
+                self.relay_lag.observe(max(0.0, now - key[0] / 1000.0))
+
+    def delivered(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.sent.labels(event.type).inc()
+
+    def poll(self, duration: float, error: Optional[str]) -> None:
+        self.poll_duration.observe(duration)
+        if error is not None:
+            self.poll_failures.inc()
+
+    async def watch_loop_lag(self, interval: float = 0.25) -> None:
+        """Observe forever how late `interval`-second sleeps wake up."""
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.loop_lag.observe(max(0.0, loop.time() - expected))
