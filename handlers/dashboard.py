@@ -39,10 +39,14 @@ class StaticHandler(tornado.web.StaticFileHandler):
     """`GET /static/<file>`: the dashboard's scripts and styles and the JS client.
 
     URLs carry no version, so every response says `Cache-Control: no-cache`:
-    browsers revalidate with the ETag and never run a stale client.
+    browsers revalidate with the ETag and never run a stale client. Any
+    origin may load the files (`import` of a module from another origin
+    needs CORS); they are public and carry no credentials, and who may open
+    a socket is still decided by `allowed_origins`.
     """
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
+        self.set_header("Access-Control-Allow-Origin", "*")
         self.set_header("X-Content-Type-Options", "nosniff")
 

@@ -118,7 +118,7 @@ def test_sockets_through_nginx_reach_both_servers_and_each_receives_task_events(
            ).to_have_count(1)
 
 
-def test_rest_and_static_files_through_nginx_at_the_root_and_under_the_prefix(proxy):
+def test_rest_and_static_files_work_through_nginx_and_metrics_stay_private(proxy):
     for path in ("/api/tasks/queue/status", "/tasks-monitor/api/tasks/queue/status"):
         response = get(proxy.port, path)
         body = json.loads(response.body)
@@ -129,6 +129,9 @@ def test_rest_and_static_files_through_nginx_at_the_root_and_under_the_prefix(pr
     assert script.status == 200
     assert script.getheader("Content-Type").startswith("text/javascript")
     assert b"export class NotifyClient" in script.body
+
+    for path in ("/metrics", "/tasks-monitor/metrics"):
+        assert get(proxy.port, path).status == 403, path
 
     bare = get(proxy.port, "/tasks-monitor")
     assert bare.status == 301
@@ -147,3 +150,22 @@ def test_with_xheaders_servers_log_the_address_nginx_saw_not_a_forged_one(proxy)
     proxied_probe = uuid.uuid4().hex[:8]
     assert get(proxy.port, f"/api/tasks/queue/status?probe={proxied_probe}", forged).status == 200
     assert logged_address(proxy.servers, proxied_probe) == "127.0.0.1"
+
+
+def test_a_page_on_another_origin_imports_the_client_from_a_server_and_connects(page, proxy):
+    """As a web app on its own origin would use the client: the page comes from
+    nginx, the module and socket from one server directly (another origin).
+    The page is /healthz: the dashboard's own CSP allows only its origin."""
+    _, server_port = proxy.servers[0]
+    page.goto(f"http://127.0.0.1:{proxy.port}/healthz")
+    status = page.evaluate("""async (moduleUrl) => {
+        const { NotifyClient } = await import(moduleUrl);
+        const client = new NotifyClient().connect();
+        window.crossOriginUrl = client.url;
+        const status = await client.getQueueStatus();
+        client.close();
+        return status;
+    }""", f"http://127.0.0.1:{server_port}/static/notify-client.js")
+
+    assert page.evaluate("() => window.crossOriginUrl") == f"ws://127.0.0.1:{server_port}/ws/tasks/"
+    assert {"active_tasks", "scheduled_tasks", "reserved_tasks"} <= set(status)
