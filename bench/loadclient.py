@@ -17,6 +17,9 @@ Per frame the work is a byte scan for `"seq":` and a few list updates; the
 send time is parsed once per event, at its first arrival (see bench.stats).
 A frame whose sequence number is not above that connection's last one is
 counted as duplicated (neither system reorders a connection's frames).
+`latency_growth_ms` is the median latency to the last client of the step's
+last fifth of events minus that of its first fifth: a server that cannot
+sustain the rate shows it growing.
 """
 
 import asyncio
@@ -29,7 +32,7 @@ import time
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
-from bench.stats import scan_sent, scan_seq, summary_ms
+from bench.stats import percentile, scan_sent, scan_seq, summary_ms
 
 monotonic = time.monotonic
 TEXT = WSMsgType.TEXT
@@ -105,6 +108,9 @@ class Recorder:
             else:
                 partial += 1
         window = window_end - window_start if window_end > window_start else None
+        fifth = max(1, len(to_last) // 5)
+        growth = (percentile(to_last[-fifth:], 0.5) - percentile(to_last[:fifth], 0.5)
+                  if len(to_last) >= 5 else None)
         expected = self.count * connections
         return {
             "events": self.count, "events_complete": complete, "events_partial": partial,
@@ -114,6 +120,7 @@ class Recorder:
             "stale_frames": self.stale, "other_frames": self.other,
             "latency_last_client": summary_ms(to_last),
             "latency_first_client": summary_ms(to_first),
+            "latency_growth_ms": round(growth * 1000, 3) if growth is not None else None,
             "window_s": round(window, 3) if window else None,
             "deliveries_per_s": round(self.delivered / window, 1) if window else None,
             "client_cpu_s": round(cpu_seconds() - self.cpu_at_begin, 3),

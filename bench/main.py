@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import resource
+import subprocess
 import sys
 import threading
 import time
@@ -40,16 +41,17 @@ from notify_server.embedded_redis import EmbeddedRedis, find_redis_server
 BENCH = ROOT / "bench"
 LAG_METRIC = "notify_event_loop_lag_seconds"
 
-FULL = {"sizes": [100, 1000, 5000, 10000], "steady_s": 10.0, "extra_s": 6.0, "step_s": 3.0,
+FULL = {"sizes": [100, 1000, 5000, 10000], "steady_s": 10.0, "extra_s": 6.0, "step_s": 5.0,
         "saturation_sizes": [1000], "saturation_steps": 9, "lag_s": 20.0, "profile_s": 10.0,
         "budget_s": 1020.0}
-QUICK = {"sizes": [100, 1000], "steady_s": 5.0, "extra_s": 3.0, "step_s": 2.0,
+QUICK = {"sizes": [100, 1000], "steady_s": 5.0, "extra_s": 3.0, "step_s": 3.0,
          "saturation_sizes": [1000], "saturation_steps": 6, "lag_s": 8.0, "profile_s": 5.0,
          "budget_s": 420.0}
 STEADY_RATE = 20.0
 CPU_RATE = 50.0            # the "CPU per delivery at 1,000 clients, 50 ev/s" target
 LOW_RATE = 1.0             # the "10,000 clients at 1 ev/s" target
-KEPT_UP_P99_MS = 1000.0    # a step keeps up: nothing lost, p99 to the last client under 1 s
+KEPT_UP_P99_MS = 1000.0    # a step keeps up: nothing lost, p99 to the last client under 1 s,
+FALLING_BEHIND_MS = 250.0  # and latency not growing by more than this from its first to last fifth
 SATURATION_START = 50.0
 
 
@@ -149,11 +151,12 @@ class Bench:
                     log(f"   {result['stopped_at']}")
                     break
             for size in self.mode["saturation_sizes"]:
-                if str(size) in result["sizes"] and "error" not in result["sizes"][str(size)] \
-                        and self.time_left() > 45:
+                measured = result["sizes"].get(str(size)) or {}
+                if "runs" in measured and self.time_left() > 45:
                     log(f"-- {system.name} saturation at M={size}")
+                    start = saturation_start(measured["runs"]["steady_20"], size)
                     result["saturation"][str(size)] = self.guarded(
-                        lambda: self.saturation(system, publisher, size))
+                        lambda: self.saturation(system, publisher, size, start))
                     self.save()
         finally:
             publisher.stop()
@@ -164,7 +167,17 @@ class Bench:
         time.sleep(1.0)
         return server, url
 
-    def connect(self, url: str, size: int) -> dict:
+    def warm_up(self, url: str) -> None:
+        """One throw-away socket: pays any lazy start-up cost (Django loads its
+        application on the first request) before anything is measured."""
+        self.client.call("connect", timeout=60, url=url, count=1, deadline_s=30.0)
+        self.client.call("close", timeout=60)
+        time.sleep(0.5)
+
+    def connect(self, url: str, size: int, warm: bool = True) -> dict:
+        """Open `size` sockets from 127.0.0.2.., one source address per 5,000."""
+        if warm:
+            self.warm_up(url)
         sources = [f"127.0.0.{2 + n}" for n in range(max(1, math.ceil(size / 5000)))]
         return self.client.call("connect", timeout=self.args.connect_timeout + 30, url=url,
                                 count=size, concurrency=200, sources=sources,
@@ -173,8 +186,9 @@ class Bench:
     def size(self, system, publisher, size: int) -> dict:
         server, url = self.start_server(system, f"{system.name}-{size}")
         try:
+            self.warm_up(url)
             rss_idle = server.rss()
-            connect = self.connect(url, size)
+            connect = self.connect(url, size, warm=False)
             log(f"   connected {connect['connected']}/{size} in {connect['seconds']} s "
                 f"({connect['per_s']}/s)")
             outcome = {"connect": connect, "server_pid": server.pid}
@@ -236,8 +250,8 @@ class Bench:
         result["client_bound"] = result["client_cpu_share"] >= 0.85
         return result
 
-    def saturation(self, system, publisher, size: int) -> dict:
-        search = RateSearch(SATURATION_START, max_steps=self.mode["saturation_steps"])
+    def saturation(self, system, publisher, size: int, start: float) -> dict:
+        search = RateSearch(start, max_steps=self.mode["saturation_steps"])
         steps = []
         server, url = self.start_server(system, f"{system.name}-sat{size}")
         try:
@@ -268,12 +282,26 @@ class Bench:
     # -- notify-server only ----------------------------------------------------
 
     def loop_lag(self) -> dict:
+        """Our loop lag at 1,000 clients and 20 ev/s: first with no Celery worker
+        (each poll waits out its inspect timeout), then with a real worker
+        running demo tasks, so the cost of polling shows against a reference."""
         size = 1000
-        system = SYSTEMS["notify-server"]
-        server, url = self.start_server(system, "lag-notify-server",
-                                        env={"NOTIFY_LOG_LEVEL": "WARNING"})
+        server, url = self.start_server(SYSTEMS["notify-server"], "lag-notify-server")
         helpers = []
         try:
+            publisher = RpcChild("publisher-lag", [sys.executable, "-m", "bench.publisher", "lua",
+                                                   self.redis.url],
+                                 log_dir=self.log_dir, cwd=ROOT, cpus=self.helper_cpus)
+            helpers.append(publisher)
+            self.connect(url, size)
+            time.sleep(3.0)
+            metrics_url = url.replace("ws://", "http://").replace("/ws/tasks/", "/metrics")
+            result = {"connections": size, "rate": STEADY_RATE, "seconds": self.mode["lag_s"],
+                      "poll_interval_s": 2.0,
+                      "celery_worker": "celery -A notify_server.demo worker --concurrency 2, with "
+                                       "`python -m notify_server.demo produce` submitting tasks"}
+            result["without_worker"] = self.lag_window(server, publisher, size, metrics_url)
+            log(f"   no worker: {lag_brief(result['without_worker'])}")
             env = {"REDIS_URL": self.redis.url}
             worker = Child("lag-celery-worker",
                            [sys.executable, "-m", "celery", "-A", "notify_server.demo", "worker",
@@ -285,38 +313,19 @@ class Bench:
             helpers.append(Child("lag-demo-producer", [sys.executable, "-m", "notify_server.demo",
                                                        "produce"],
                                  log_dir=self.log_dir, cwd=ROOT, env=env, cpus=self.helper_cpus))
-            self.connect(url, size)
-            time.sleep(3.0)  # let the poller find the worker
-            metrics_url = url.replace("ws://", "http://").replace("/ws/tasks/", "/metrics")
-            before = scrape(metrics_url)
-            self.client.call("probe_start", timeout=30, interval=0.02)
-            publisher = RpcChild("publisher-lag", [sys.executable, "-m", "bench.publisher", "lua",
-                                                   self.redis.url],
-                                 log_dir=self.log_dir, cwd=ROOT, cpus=self.helper_cpus)
-            helpers.append(publisher)
-            run = self.step(server, publisher, size, STEADY_RATE, self.mode["lag_s"], drain=5.0)
-            probe = self.client.call("probe_stop", timeout=30)
-            after = scrape(metrics_url)
-            result = {"connections": size, "rate": STEADY_RATE, "seconds": self.mode["lag_s"],
-                      "poll_interval_s": 2.0, "celery_worker": "celery -A notify_server.demo worker "
-                      "--concurrency 2, with `python -m notify_server.demo produce` submitting tasks",
-                      "run": run, "ping_rtt": probe}
-            if after is not None:
-                delta = histogram_delta(before, after)
-                p99 = histogram_quantile(delta["buckets"], 0.99)
-                result["metrics"] = {"source": f"GET /metrics {LAG_METRIC}",
-                                     "observations": delta["count"],
-                                     "p99_ms": round(p99 * 1000, 3) if p99 is not None else None,
-                                     "mean_ms": round(delta["sum"] / delta["count"] * 1000, 3)
-                                     if delta["count"] else None}
-                result["loop_lag_p99_ms"] = result["metrics"]["p99_ms"]
+            time.sleep(3.0)  # the poller finds the worker; tasks start
+            result["with_worker"] = self.lag_window(server, publisher, size, metrics_url)
+            log(f"   with worker: {lag_brief(result['with_worker'])}")
+            measured = result["with_worker"]
+            if measured.get("metrics"):
+                result["loop_lag_p99_ms"] = measured["metrics"]["p99_ms"]
                 result["loop_lag_source"] = "metrics"
             else:
-                result["TODO"] = (f"the server exposes no {LAG_METRIC} histogram on GET /metrics yet; "
-                                  "loop_lag_p99_ms is the p99 of a ping/pong round trip on one "
-                                  "socket every 20 ms (an upper bound: it adds the loopback and "
-                                  "client time)")
-                result["loop_lag_p99_ms"] = probe["rtt"]["p99_ms"]
+                result["TODO"] = (f"the server exposes no {LAG_METRIC} histogram on GET /metrics "
+                                  "yet; loop_lag_p99_ms is the p99 of a ping/pong round trip on one "
+                                  "socket every 20 ms, an upper bound of the loop lag (it adds "
+                                  "loopback and client time, and waits behind broadcasts)")
+                result["loop_lag_p99_ms"] = measured["ping_rtt"]["rtt"]["p99_ms"]
                 result["loop_lag_source"] = "ping_rtt"
             return result
         finally:
@@ -324,6 +333,22 @@ class Bench:
             for helper in reversed(helpers):
                 helper.stop()
             server.stop()
+
+    def lag_window(self, server: Child, publisher: RpcChild, size: int, metrics_url: str) -> dict:
+        before = scrape(metrics_url)
+        self.client.call("probe_start", timeout=30, interval=0.02)
+        run = self.step(server, publisher, size, STEADY_RATE, self.mode["lag_s"], drain=5.0)
+        probe = self.client.call("probe_stop", timeout=30)
+        after = scrape(metrics_url)
+        window = {"ping_rtt": probe, "run": run}
+        if after is not None:
+            delta = histogram_delta(before, after)
+            p99 = histogram_quantile(delta["buckets"], 0.99)
+            window["metrics"] = {
+                "source": f"GET /metrics {LAG_METRIC}", "observations": delta["count"],
+                "p99_ms": round(p99 * 1000, 3) if p99 is not None else None,
+                "mean_ms": round(delta["sum"] / delta["count"] * 1000, 3) if delta["count"] else None}
+        return window
 
     def profile(self) -> dict:
         size = 1000
@@ -371,8 +396,18 @@ class Bench:
 
 # -- helpers --------------------------------------------------------------------
 
+def saturation_start(steady: dict, size: int) -> float:
+    """Where the rate search begins: 50 ev/s, or just under what a system that
+    could not keep up with 20 ev/s delivered then (so it needs few failing steps)."""
+    if steady["kept_up"] or not steady.get("deliveries_per_s"):
+        return SATURATION_START
+    return max(1.0, round(0.8 * steady["deliveries_per_s"] / size, 1))
+
+
 def judge(result: dict):
-    """Did a step keep up? (no loss, no duplicate, p99 under 1 s, the rate was reached)"""
+    """Did a step keep up? No loss, no duplicate, p99 under 1 s, the publisher on
+    schedule, and a latency that does not keep growing (a backlog that grows by
+    a quarter second within a step of a few seconds is not a sustainable rate)."""
     p99 = result["latency_last_client"]["p99_ms"]
     achieved = result["publisher"]["achieved_rate"]
     if result["lost"]:
@@ -383,6 +418,9 @@ def judge(result: dict):
         return False, f"p99 to the last client {p99} ms"
     if achieved < 0.95 * result["rate"]:
         return False, f"publisher reached only {achieved} ev/s (publisher-bound)"
+    growth = result["latency_growth_ms"]
+    if growth is not None and growth > FALLING_BEHIND_MS:
+        return False, f"falling behind: latency grew {growth:.0f} ms over the step"
     return True, None
 
 
@@ -392,6 +430,14 @@ def brief(result: dict) -> str:
             f"{result['deliveries_per_s']} deliveries/s, lost {result['lost']}, "
             f"dup {result['duplicated']}, server CPU {result['server_cpu_s']} s, "
             f"client CPU {result['client_cpu_s']} s")
+
+
+def lag_brief(window: dict) -> str:
+    rtt = window["ping_rtt"]["rtt"]
+    metric = window.get("metrics") or {}
+    return (f"ping p50 {rtt['p50_ms']} p99 {rtt['p99_ms']} ms; loop-lag metric p99 "
+            f"{metric.get('p99_ms', 'n/a')} ms; events p99 "
+            f"{window['run']['latency_last_client']['p99_ms']} ms")
 
 
 def redis_cpu(process) -> float:
@@ -435,7 +481,7 @@ def machine_info(args, mode, fd_limit, server_cpus, helper_cpus) -> dict:
         except metadata.PackageNotFoundError:
             packages[name] = None
     server_binary = find_redis_server()
-    return {
+    return {"git": git_state(), 
         "started": now_iso(), "mode": "quick" if args.quick else "full",
         "command": "bench/run.sh " + " ".join(sys.argv[1:]),
         "cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
@@ -446,6 +492,20 @@ def machine_info(args, mode, fd_limit, server_cpus, helper_cpus) -> dict:
                     "redis_client_publisher": sorted(helper_cpus) if helper_cpus else None},
         "plan": mode, "steady_rate": STEADY_RATE,
     }
+
+
+def git_state() -> dict:
+    """The commit measured, and whether the server's code had uncommitted changes."""
+    def git(*argv):
+        try:
+            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    dirty = git("status", "--porcelain", "--", "notify_server", "handlers", "run.py", "settings.py",
+                "requirements.txt")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "server_code_uncommitted": sorted(line[3:] for line in (dirty or "").splitlines())}
 
 
 def log(message: str) -> None:
