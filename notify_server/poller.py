@@ -1,21 +1,30 @@
 """The queue poller: Celery inspect, off the event loop, on one periodic callback.
 
-An adapter: Celery calls run in a single worker thread; their replies are
-normalised by `queue_status` and stored in the shared `QueueState` on the
-event-loop thread.
+An adapter. Celery's inspect calls run in one helper *process*, not a thread:
+kombu and Celery do enough pure-Python work per poll that a thread would hold
+the GIL for milliseconds at a time and delay every broadcast on the event
+loop. The replies come back as plain dicts, are normalised by `queue_status`
+and stored in the shared `QueueState` on the event-loop thread.
 """
 
 import asyncio
 import concurrent.futures
 import logging
+import multiprocessing
+import signal
 import time
-from typing import Callable, FrozenSet, Optional, Tuple
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, FrozenSet, List, Optional, Tuple
 
 from celery import Celery
 
 from .queue_status import QueueState, Replies, normalise
 
 log = logging.getLogger(__name__)
+
+# The inspect app of the helper process (set by `_start_inspect_process` in that
+# process only; the server process never touches it).
+_inspect_app: Optional[Celery] = None
 
 
 def make_inspect_app(broker_url: str) -> Celery:
@@ -31,6 +40,20 @@ def make_inspect_app(broker_url: str) -> Celery:
     return app
 
 
+def _start_inspect_process(broker_url: str) -> None:
+    global _inspect_app
+    # Ctrl-C reaches the whole process group: the server shuts this process down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _inspect_app = make_inspect_app(broker_url)
+
+
+def _inspect(destination: Optional[List[str]], timeout: float) -> Tuple[Replies, Replies, Replies]:
+    """Runs in the helper process: the three inspect calls, as plain dicts."""
+    limit = len(destination) if destination else None
+    inspect = _inspect_app.control.inspect(timeout=timeout, destination=destination, limit=limit)
+    return inspect.active(), inspect.scheduled(), inspect.reserved()
+
+
 class QueuePoller:
     """Polls `active`, `scheduled` and `reserved` and keeps `state` current.
 
@@ -44,15 +67,16 @@ class QueuePoller:
     never propagate.
     """
 
-    def __init__(self, app: Celery, state: QueueState, on_change: Callable[[dict], None],
+    def __init__(self, broker_url: str, state: QueueState, on_change: Callable[[dict], None],
                  *, interval: float, timeout: float, discovery_interval: float,
                  refresh_delay: float, subject_arg: str,
                  on_poll: Callable[[float, Optional[str]], None] = lambda duration, error: None):
-        self._app, self._state, self._on_change, self._on_poll = app, state, on_change, on_poll
+        self._broker_url = broker_url
+        self._state, self._on_change, self._on_poll = state, on_change, on_poll
         self._interval, self._timeout = interval, timeout
         self._discovery_interval, self._refresh_delay = discovery_interval, refresh_delay
         self._subject_arg = subject_arg
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inspect")
+        self._executor = self._new_executor()
         self._known: FrozenSet[str] = frozenset()
         self._last_discovery = float("-inf")
         self._in_flight: Optional[asyncio.Future] = None
@@ -71,6 +95,12 @@ class QueuePoller:
             if handle is not None:
                 handle.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        # spawn, not fork: the server process has threads and an event loop.
+        return concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_inspect_process, initargs=(self._broker_url,))
 
     def request_refresh(self) -> None:
         """Poll again soon (debounced), e.g. because a task started or ended."""
@@ -106,7 +136,12 @@ class QueuePoller:
         destination = None if discovering else sorted(self._known)
         started = time.monotonic()
         try:
-            replies = await loop.run_in_executor(self._executor, self._inspect, destination)
+            replies = await loop.run_in_executor(self._executor, _inspect, destination,
+                                                 self._timeout)
+        except BrokenProcessPool:
+            self._executor = self._new_executor()
+            self._failed("the inspect process died; restarted it", started)
+            return
         except Exception as exc:  # any Celery/kombu failure: the broker is unreachable
             self.broker_reachable = False
             self._failed(f"broker unreachable: {type(exc).__name__}: {exc}", started)
@@ -118,6 +153,12 @@ class QueuePoller:
             self._known = frozenset()
             self._failed("no Celery worker answered the inspect poll", started)
             return
+        if any(set(reply or {}) != responders for reply in replies):
+            # A worker answered some calls and not others (it died or stalled
+            # mid-poll): the lists would be half true. Keep the last good ones.
+            self._known = responders
+            self._failed("a worker answered only part of the inspect poll", started)
+            return
         self._known = responders
         if discovering:
             self._last_discovery = loop.time()
@@ -127,12 +168,6 @@ class QueuePoller:
         self._on_poll(time.monotonic() - started, None)
         if self._state.update(snapshot, time.time()):
             self._on_change(self._state.data())
-
-    def _inspect(self, destination) -> Tuple[Replies, Replies, Replies]:
-        limit = len(destination) if destination else None
-        inspect = self._app.control.inspect(timeout=self._timeout, destination=destination,
-                                            limit=limit)
-        return inspect.active(), inspect.scheduled(), inspect.reserved()
 
     def _failed(self, reason: str, started: float) -> None:
         self._on_poll(time.monotonic() - started, reason)

@@ -23,7 +23,7 @@ from .history import History
 from .hub import Hub
 from .messages import Event
 from .metrics import Metrics
-from .poller import QueuePoller, make_inspect_app
+from .poller import QueuePoller
 from .queue_status import QueueState
 from .relay import Relay
 from .session import Session
@@ -54,7 +54,7 @@ class NotifyServer:
                            on_connected=self._on_redis_state,
                            on_invalid=self.metrics.dropped.labels("invalid").inc)
         self.poller = QueuePoller(
-            make_inspect_app(settings.effective_broker_url), self.queue, self._on_queue_change,
+            settings.effective_broker_url, self.queue, self._on_queue_change,
             interval=settings.poll_interval, timeout=settings.inspect_timeout,
             discovery_interval=settings.discovery_interval,
             refresh_delay=settings.refresh_delay, subject_arg=settings.subject_arg,

@@ -6,7 +6,13 @@ import pytest
 from celery import Celery
 
 from notify_server.embedded_redis import EmbeddedRedis
-from tests.support.processes import start_server, start_worker
+from tests.support.processes import start_server, start_worker, stop_all_started
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session():
+    yield
+    stop_all_started()
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +21,22 @@ def redis_server():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_redis():
+    """Start private redis-servers for one test; all are stopped after it."""
+    started = []
+
+    def make(**options) -> EmbeddedRedis:
+        server = EmbeddedRedis(**options)
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,37 +7,33 @@ import orjson
 import redis as redis_py
 
 from notify_server import messages
-from notify_server.embedded_redis import EmbeddedRedis
 from notify_server.emitter import Emitter
 
 
-def test_emitter_buffers_through_an_outage_and_writes_in_order_when_redis_returns(caplog):
-    server = EmbeddedRedis(appendonly=True)
-    server.start()
-    try:
-        emitter = Emitter(server.url, buffer_size=5, retry_interval=0.2)
-        emitter.emit(messages.task_started("before", "A"))
-        server.kill()
+def test_emitter_buffers_through_an_outage_and_writes_in_order_when_redis_returns(
+        caplog, make_redis):
+    server = make_redis(appendonly=True)
+    emitter = Emitter(server.url, buffer_size=5, retry_interval=0.2)
+    emitter.emit(messages.task_started("before", "A"))
+    server.kill()
 
-        with caplog.at_level(logging.WARNING, logger="notify_server.emitter"):
-            for number in range(8):
-                emitter.emit(messages.task_started(f"down-{number}", "A"))
-            outage_warnings = [r for r in caplog.records if "cannot write" in r.getMessage()]
-            assert len(outage_warnings) == 1
-            assert emitter.pending == 5 and emitter.dropped == 3
+    with caplog.at_level(logging.WARNING, logger="notify_server.emitter"):
+        for number in range(8):
+            emitter.emit(messages.task_started(f"down-{number}", "A"))
+        outage_warnings = [r for r in caplog.records if "cannot write" in r.getMessage()]
+        assert len(outage_warnings) == 1
+        assert emitter.pending == 5 and emitter.dropped == 3
 
-            server.start()
-            client = redis_py.Redis.from_url(server.url)
-            history, cursor = [], "0-0"
-            while len(history) < 6:  # the background flusher writes them: block until it has
-                reply = client.xread({"notify:events:history": cursor}, block=10_000)
-                assert reply, f"flusher wrote only {len(history)} of 6 events"
-                history.extend(reply[0][1])
-                cursor = history[-1][0]
-            task_ids = [orjson.loads(fields[b"event"])["data"]["task_id"] for _, fields in history]
-            assert task_ids == ["before"] + [f"down-{n}" for n in range(3, 8)]
-            assert emitter.pending == 0
-            assert any("Redis is back" in r.getMessage() for r in caplog.records)
-            client.close()
-    finally:
-        server.stop()
+        server.start()
+        client = redis_py.Redis.from_url(server.url)
+        history, cursor = [], "0-0"
+        while len(history) < 6:  # the background flusher writes them: block until it has
+            reply = client.xread({"notify:events:history": cursor}, block=10_000)
+            assert reply, f"flusher wrote only {len(history)} of 6 events"
+            history.extend(reply[0][1])
+            cursor = history[-1][0]
+        task_ids = [orjson.loads(fields[b"event"])["data"]["task_id"] for _, fields in history]
+        assert task_ids == ["before"] + [f"down-{n}" for n in range(3, 8)]
+        assert emitter.pending == 0
+        assert any("Redis is back" in r.getMessage() for r in caplog.records)
+        client.close()

@@ -18,7 +18,7 @@ from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
 from notify_server import messages
-from notify_server.embedded_redis import EmbeddedRedis, free_port
+from notify_server.embedded_redis import free_port
 from notify_server.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server, start_worker
@@ -57,9 +57,8 @@ async def get_json(port: int, path: str):
     return response.code, json.loads(response.body)
 
 
-async def test_redis_killed_and_restarted_mid_stream_loses_and_duplicates_nothing():
-    redis = EmbeddedRedis(appendonly=True)
-    redis.start()
+async def test_redis_killed_and_restarted_mid_stream_loses_and_duplicates_nothing(make_redis):
+    redis = make_redis(appendonly=True)
     server, port = start_server(redis.url, name="server-redis-restart")
     try:
         client = await WsClient.connect(port)
@@ -90,7 +89,6 @@ async def test_redis_killed_and_restarted_mid_stream_loses_and_duplicates_nothin
         client.close()
     finally:
         assert server.stop() == 0
-        redis.stop()
     tracebacks = sum("Traceback" in line for line in server.output)
     assert tracebacks == 0, server.log_path
 
@@ -262,9 +260,9 @@ async def test_a_dead_broker_makes_the_queue_unavailable_but_not_the_server(redi
         assert server.stop() == 0
 
 
-async def test_when_the_workers_go_away_queue_status_keeps_the_last_snapshot_marked_stale():
-    redis = EmbeddedRedis()
-    redis.start()
+async def test_when_the_workers_go_away_queue_status_keeps_the_last_snapshot_marked_stale(
+        make_redis):
+    redis = make_redis()
     worker = start_worker(redis.url, "stale@localhost", concurrency=1)
     server, port = start_server(redis.url, name="server-stale")
     producer = Celery("stale-producer", broker=redis.url, set_as_current=False)
@@ -286,4 +284,3 @@ async def test_when_the_workers_go_away_queue_status_keeps_the_last_snapshot_mar
         producer.close()
         worker.stop()
         assert server.stop() == 0
-        redis.stop()

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+# Every child started, so a session finaliser can stop those a failed test left running.
+STARTED: List["Child"] = []
+
+
 class Child:
     """A child process whose combined output can be awaited line by line."""
 
@@ -34,6 +38,7 @@ class Child:
             text=True, bufsize=1)
         self._pump = threading.Thread(target=self._read, daemon=True)
         self._pump.start()
+        STARTED.append(self)
 
     def _read(self) -> None:
         with open(self.log_path, "w") as log:
@@ -97,7 +102,11 @@ def start_server(redis_url: Optional[str], *extra: str, env: Optional[dict] = No
         server_env["REDIS_URL"] = ""
     child = Child(name, [sys.executable, "run.py", "--host", "127.0.0.1", "--port", "0", *extra],
                   env=server_env)
-    port = int(child.wait_for_line(r"listening on http://[^:]+:(\d+)").group(1))
+    try:
+        port = int(child.wait_for_line(r"listening on http://[^:]+:(\d+)").group(1))
+    except BaseException:
+        child.stop()
+        raise
     return child, port
 
 
@@ -109,5 +118,15 @@ def start_worker(redis_url: str, hostname: str, concurrency: int = 2,
                    "--loglevel", "INFO", "--concurrency", str(concurrency),
                    "--hostname", hostname, "--without-gossip", "--without-mingle"],
                   env={"REDIS_URL": redis_url, **(env or {})})
-    child.wait_for_line(r"ready\.", timeout=60)
+    try:
+        child.wait_for_line(r"ready\.", timeout=60)
+    except BaseException:
+        child.stop()
+        raise
     return child
+
+
+def stop_all_started() -> None:
+    """Stop every child still running (a failed test's leftovers)."""
+    for child in STARTED:
+        child.stop()
