@@ -21,8 +21,10 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", 
 expect.set_options(timeout=20_000)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    """One browser per test module: Playwright's sync API keeps its own asyncio
+    loop current while it runs, which the async tests elsewhere must not meet."""
     assert CHROMIUM.exists(), (f"{CHROMIUM} is missing: the browser tests need Debian's "
                                "chromium package (./test.sh installs it)")
     with sync_playwright() as playwright:

@@ -29,6 +29,7 @@ def notification(page, task_id: str, kind: str):
 def test_running_task_shows_elapsed_time_and_a_moving_progress_bar_then_completes(
         page, server_port, producer):
     open_dashboard(page, server_port)
+    expect(page.locator("#workers")).to_have_text(re.compile(r"^Workers: .*test-"))
     avid = unique_avid("DASH")
     task_id = submit(producer, avid, seconds=3.0)
 
