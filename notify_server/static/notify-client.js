@@ -167,6 +167,7 @@ export class NotifyClient {
     } catch {
       return;
     }
+    if (message === null || typeof message !== 'object') return;
     this._expectTraffic();
     if (typeof message.id === 'string') this._lastEventId = message.id;
     if (message.type === 'queue_status') {

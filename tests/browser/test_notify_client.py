@@ -26,10 +26,11 @@ def same_origin_page(page, server_port):
     return page
 
 
-def start_client(page, url=None, **options) -> None:
-    """`window.client`, connected; its state changes go to `window.states`
-    and every task event to `window.events` as [type, task_id, id]."""
-    page.evaluate("""async ([url, options]) => {
+def start_client(page, url=None, subscription=None, **options) -> None:
+    """`window.client`, connected (subscribed first, if given); its state
+    changes go to `window.states` and every task event to `window.events` as
+    [type, task_id, id]."""
+    page.evaluate("""async ([url, subscription, options]) => {
         const { NotifyClient } = await import('/static/notify-client.js');
         const client = url ? new NotifyClient(url, options) : new NotifyClient(undefined, options);
         window.states = [];
@@ -38,8 +39,9 @@ def start_client(page, url=None, **options) -> None:
         for (const type of ['task_started', 'task_progress', 'task_completed', 'task_failed']) {
             client.on(type, (data, message) => window.events.push([type, data.task_id, message.id]));
         }
+        if (subscription) client.subscribe(subscription);
         window.client = client.connect();
-    }""", [url, options])
+    }""", [url, subscription, options])
 
 
 def test_client_resolves_queue_status_and_calls_back_on_each_task_event(
@@ -69,28 +71,40 @@ def test_client_resolves_queue_status_and_calls_back_on_each_task_event(
     assert page.evaluate("() => client.state") == "closed"
 
 
-def test_client_reconnects_after_a_drop_and_resumes_after_the_last_event(
+def test_client_reconnects_after_a_drop_resumes_after_the_last_event_and_resubscribes(
         same_origin_page, server_port):
     page = same_origin_page
-    urls = []
+    urls, received = [], []
+    started = {"id": "1700000000000-3", "type": "task_started",
+               "data": {"task_id": "t1", "avid": "A-1", "status": "started"}}
+    completed = {"id": "1700000000000-4", "type": "task_completed",
+                 "data": {"task_id": "t1", "avid": "A-1", "status": "success", "message": "done"}}
 
     def scripted_server(socket):
+        """First connection: an event, then a shutdown close; the second: the next event.
+        Each answers the client's first frame, so nothing races the close."""
+        connection = len(urls) + 1
         urls.append(socket.url)
-        if len(urls) == 1:
-            socket.send(json.dumps({"id": "1700000000000-3", "type": "task_started",
-                                    "data": {"task_id": "t1", "avid": "A-1", "status": "started"}}))
-            socket.close(code=1001, reason="server shutting down")
-        else:
-            socket.send(json.dumps({"id": "1700000000000-4", "type": "task_completed",
-                                    "data": {"task_id": "t1", "avid": "A-1", "status": "success",
-                                             "message": "done"}}))
+
+        def answer(frame):
+            received.append((connection, json.loads(frame)))
+            if connection == 1:
+                socket.send(json.dumps(started))
+                socket.close(code=1001, reason="server shutting down")
+            else:
+                socket.send(json.dumps(completed))
+
+        socket.on_message(answer)
 
     page.route_web_socket(MOCK_SOCKET, scripted_server)
-    start_client(page, f"ws://127.0.0.1:{server_port}/mock/ws/tasks/", minDelay=50, maxDelay=200)
+    start_client(page, f"ws://127.0.0.1:{server_port}/mock/ws/tasks/", {"avids": ["A-1"]},
+                 minDelay=50, maxDelay=200)
 
     page.wait_for_function("() => window.events.length === 2")
     assert urls == [f"ws://127.0.0.1:{server_port}/mock/ws/tasks/",
                     f"ws://127.0.0.1:{server_port}/mock/ws/tasks/?last_event_id=1700000000000-3"]
+    assert received == [(1, {"action": "subscribe", "avids": ["A-1"]}),
+                        (2, {"action": "subscribe", "avids": ["A-1"]})]
     states = page.evaluate("() => window.states")
     assert [s["state"] for s in states] == ["connecting", "open", "reconnecting", "connecting", "open"]
     dropped = states[2]
