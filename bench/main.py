@@ -102,6 +102,7 @@ class Bench:
             log("== py-spy profile of notify-server at its saturation rate")
             self.results["profile"] = self.guarded(self.profile)
             self.save()
+        self.results["meta"]["load_average_at_end"] = [round(n, 2) for n in os.getloadavg()]
         self.results["meta"]["duration_s"] = round(time.monotonic() - self.started, 1)
         self.results["meta"]["finished"] = now_iso()
         return self.results
@@ -154,7 +155,7 @@ class Bench:
                 measured = result["sizes"].get(str(size)) or {}
                 if "runs" in measured and self.time_left() > 45:
                     log(f"-- {system.name} saturation at M={size}")
-                    start = saturation_start(measured["runs"]["steady_20"], size)
+                    start = saturation_start(measured["runs"].get("steady_20"), size)
                     result["saturation"][str(size)] = self.guarded(
                         lambda: self.saturation(system, publisher, size, start))
                     self.save()
@@ -201,14 +202,15 @@ class Bench:
                               "per_connection_bytes": round((rss_connected - rss_idle) / size, 1)}
             self.step(server, publisher, size, rate=10.0, seconds=0.5, drain=5.0)  # warm-up
             runs = outcome["runs"] = {}
-            outcome["kept_up"] = True
             for label, rate, seconds in self.plan(size):
                 run = runs[label] = self.step(server, publisher, size, rate, seconds, drain=5.0)
                 log(f"   {label}: {brief(run)}")
                 if not run["kept_up"]:
                     # Its backlog would spill into the next run: stop at this size.
-                    outcome.update(kept_up=False, why=f"{label}: {run['why']}")
+                    outcome["why"] = f"{label}: {run['why']}"
                     break
+            # Larger sizes are worth running while the 20 ev/s run keeps up.
+            outcome["kept_up"] = bool(runs.get("steady_20", {}).get("kept_up"))
             outcome["server_alive"] = server.alive()
             return outcome
         finally:
@@ -244,6 +246,7 @@ class Bench:
                       redis_cpu_s=round(redis_used, 3))
         if server_cpu is not None and result["deliveries"]:
             result["server_cpu_us_per_delivery"] = round(server_cpu / result["deliveries"] * 1e6, 3)
+        result["load_average_1m"] = round(os.getloadavg()[0], 2)
         result["kept_up"], result["why"] = judge(result)
         window = result["window_s"] or seconds
         result["client_cpu_share"] = round(result["client_cpu_s"] / window, 2)
@@ -399,7 +402,7 @@ class Bench:
 def saturation_start(steady: dict, size: int) -> float:
     """Where the rate search begins: 50 ev/s, or just under what a system that
     could not keep up with 20 ev/s delivered then (so it needs few failing steps)."""
-    if steady["kept_up"] or not steady.get("deliveries_per_s"):
+    if not steady or steady["kept_up"] or not steady.get("deliveries_per_s"):
         return SATURATION_START
     return max(1.0, round(0.8 * steady["deliveries_per_s"] / size, 1))
 
@@ -483,6 +486,7 @@ def machine_info(args, mode, fd_limit, server_cpus, helper_cpus) -> dict:
     server_binary = find_redis_server()
     return {"git": git_state(), 
         "started": now_iso(), "mode": "quick" if args.quick else "full",
+        "load_average_at_start": [round(n, 2) for n in os.getloadavg()],
         "command": "bench/run.sh " + " ".join(sys.argv[1:]),
         "cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
         "memory_gb": round(procs.psutil.virtual_memory().total / 2**30, 1),

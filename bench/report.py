@@ -239,7 +239,11 @@ def render(results: dict, plot_name: str) -> str:
             .format(pinning.get("server"), pinning.get("redis_client_publisher"))
             if pinning.get("server") else
             "- no CPU pinning: the server, Redis, the load client and the publisher share both CPUs"),
-           f"- Redis: `{meta.get('redis_server')}`", f"- {packages}", "",
+           f"- Redis: `{meta.get('redis_server')}`", f"- {packages}",
+           f"- load average (1, 5, 15 min) at start {meta.get('load_average_at_start')}, at end "
+           f"{meta.get('load_average_at_end')}: the machine is shared; anything above about 2 "
+           "means other work competed for the two CPUs (each step records its own in results.json)",
+           "",
            "## Targets (notify-server; reported, not asserted)", "",
            "| target | measured | met |", "|---|---|---|"]
     for key, measured, met in targets(results):
