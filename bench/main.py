@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -196,14 +197,16 @@ class Bench:
             if connect["connected"] < size:
                 outcome.update(kept_up=False, why=f"{connect['failed']} connections failed")
                 return outcome
-            time.sleep(2.0)
+            time.sleep(1.0)
+            idle = outcome["idle_server_cpu_per_s"] = idle_cpu_per_s(server, 3.0)
             rss_connected = server.rss()
             outcome["rss"] = {"idle_0_bytes": rss_idle, f"idle_{size}_bytes": rss_connected,
                               "per_connection_bytes": round((rss_connected - rss_idle) / size, 1)}
             self.step(server, publisher, size, rate=10.0, seconds=0.5, drain=5.0)  # warm-up
             runs = outcome["runs"] = {}
             for label, rate, seconds in self.plan(size):
-                run = runs[label] = self.step(server, publisher, size, rate, seconds, drain=5.0)
+                run = runs[label] = self.step(server, publisher, size, rate, seconds, drain=5.0,
+                                              idle_cpu=idle)
                 log(f"   {label}: {brief(run)}")
                 if not run["kept_up"]:
                     # Its backlog would spill into the next run: stop at this size.
@@ -228,24 +231,35 @@ class Bench:
         return runs
 
     def step(self, server: Child, publisher: RpcChild, size: int, rate: float, seconds: float,
-             drain: float) -> dict:
-        """Publish `rate` x `seconds` events and measure their delivery to `size` clients."""
+             drain: float, idle_cpu: Optional[float] = None) -> dict:
+        """Publish `rate` x `seconds` events and measure their delivery to `size` clients.
+
+        `idle_cpu` (CPU seconds per second the server spends with its sockets
+        idle) gives the net CPU per delivery: the step's CPU less that idle
+        work over the step's duration."""
         self.client.call("drain", timeout=30, quiet=0.5, timeout_s=10.0)
         count = max(2, round(rate * seconds))
         base, self.seq = self.seq, self.seq + count
         self.client.call("begin", timeout=30, base=base, count=count)
-        cpu_server, cpu_redis = server.cpu_seconds(), redis_cpu(self.redis_ps)
+        cpu_server, cpu_redis, started = server.cpu_seconds(), redis_cpu(self.redis_ps), time.monotonic()
+        cpu_children = server.children_cpu_seconds()
         published = publisher.call("run", timeout=seconds * 4 + 60, base=base, count=count, rate=rate)
         waited = self.client.call("wait", timeout=drain + 60, total=count * size, timeout_s=drain,
                                   quiet=min(drain, 3.0))
         server_cpu = server.cpu_seconds() - cpu_server if server.alive() else None
+        children_cpu = server.children_cpu_seconds() - cpu_children if server.alive() else None
+        elapsed = time.monotonic() - started
         redis_used = redis_cpu(self.redis_ps) - cpu_redis
         result = self.client.call("report", timeout=60)
         result.update(rate=rate, seconds=seconds, publisher=published, waited=waited,
                       server_cpu_s=round(server_cpu, 3) if server_cpu is not None else None,
-                      redis_cpu_s=round(redis_used, 3))
+                      redis_cpu_s=round(redis_used, 3),
+                      server_children_cpu_s=round(children_cpu, 3) if children_cpu is not None else None)
         if server_cpu is not None and result["deliveries"]:
             result["server_cpu_us_per_delivery"] = round(server_cpu / result["deliveries"] * 1e6, 3)
+            if idle_cpu is not None:
+                net = max(0.0, server_cpu - idle_cpu * elapsed)
+                result["server_cpu_us_per_delivery_net"] = round(net / result["deliveries"] * 1e6, 3)
         result["load_average_1m"] = round(os.getloadavg()[0], 2)
         result["kept_up"], result["why"] = judge(result)
         window = result["window_s"] or seconds
@@ -435,6 +449,13 @@ def brief(result: dict) -> str:
             f"client CPU {result['client_cpu_s']} s")
 
 
+def idle_cpu_per_s(server: Child, seconds: float) -> float:
+    """CPU seconds per second the server spends while its clients are idle."""
+    before = server.cpu_seconds()
+    time.sleep(seconds)
+    return round((server.cpu_seconds() - before) / seconds, 4)
+
+
 def lag_brief(window: dict) -> str:
     rtt = window["ping_rtt"]["rtt"]
     metric = window.get("metrics") or {}
@@ -487,7 +508,7 @@ def machine_info(args, mode, fd_limit, server_cpus, helper_cpus) -> dict:
     return {"git": git_state(), 
         "started": now_iso(), "mode": "quick" if args.quick else "full",
         "load_average_at_start": [round(n, 2) for n in os.getloadavg()],
-        "command": "bench/run.sh " + " ".join(sys.argv[1:]),
+        "command": " ".join(["bench/run.sh", *sys.argv[1:]]),
         "cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
         "memory_gb": round(procs.psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(), "packages": packages,
@@ -539,7 +560,12 @@ def parse_args(argv):
     return args
 
 
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through `finally`: every child is stopped
+
+
 def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     mode = dict(QUICK if args.quick else FULL)
     if args.sizes:

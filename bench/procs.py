@@ -51,6 +51,18 @@ class Child:
         times = self.ps.cpu_times()
         return times.user + times.system
 
+    def children_cpu_seconds(self) -> float:
+        """CPU seconds of the processes it started that are still running
+        (e.g. a server's inspect worker); exited ones are not counted."""
+        total = 0.0
+        for child in self.ps.children(recursive=True):
+            try:
+                times = child.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
     def rss(self) -> int:
         return self.ps.memory_info().rss
 
