@@ -24,14 +24,17 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     an `error` reply and the socket stays open. A frame over
     `max_message_size` closes it with 1009 (Tornado does this); a client whose
     unsent backlog passes `max_client_buffer` bytes is closed with
-    `messages.CLOSE_SLOW` (4008). Tornado sends protocol pings every
-    `ping_interval` and closes peers that miss `ping_timeout`.
+    `messages.CLOSE_SLOW` (4008). The server's `Heartbeat` pings it every
+    `ping_interval` and closes it if no pong comes within `ping_timeout`.
     """
+
+    PING_FRAME = b"\x89\x00"  # final ping frame, empty payload
 
     def initialize(self, server) -> None:
         self.server = server
         self.session = None
         self.writer = None
+        self.awaiting_pong = False
 
     def check_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.server.settings.allowed_origins)
@@ -40,6 +43,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         self.writer = FrameWriter(self.ws_connection.stream, self.server.settings.max_client_buffer,
                                   self._too_slow)
         self.session = Session(self.writer.write, self.close, self.server.metrics.delivered)
+        self.server.heartbeat.add(self)
         last_event_id = self.get_query_argument("last_event_id", None)
         if last_event_id is None:
             self.server.hub.add(self.session)
@@ -68,8 +72,20 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
             self._start_resume(action.last_event_id)
 
     def on_close(self) -> None:
+        self.server.heartbeat.discard(self)
         if self.session is not None:
             self.server.hub.discard(self.session)
+
+    def on_pong(self, data: bytes) -> None:
+        self.awaiting_pong = False
+
+    def send_ping(self) -> None:
+        self.writer.write(self.PING_FRAME)
+
+    def ping_timed_out(self) -> None:
+        log.info("closing %s: no pong within %.1f s", self.request.remote_ip,
+                 self.server.settings.ping_timeout)
+        self.close(messages.CLOSE_GOING_AWAY, "ping timeout")
 
     def _start_resume(self, last_event_id: str) -> None:
         self.session.hold()

@@ -11,7 +11,9 @@ import asyncio
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import signal
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, FrozenSet, List, Optional, Tuple
@@ -44,7 +46,15 @@ def _start_inspect_process(broker_url: str) -> None:
     global _inspect_app
     # Ctrl-C reaches the whole process group: the server shuts this process down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _inspect_app = make_inspect_app(broker_url)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Never outlive the server, even one killed with SIGKILL."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _inspect(destination: Optional[List[str]], timeout: float) -> Tuple[Replies, Replies, Replies]:

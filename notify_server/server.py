@@ -19,6 +19,7 @@ from handlers import routes
 from settings import Settings
 
 from . import messages
+from .heartbeat import Heartbeat
 from .history import History
 from .hub import Hub
 from .messages import Event
@@ -46,6 +47,7 @@ class NotifyServer:
         self.hub = Hub()
         self.queue = QueueState()
         self.metrics = Metrics(open_connections=lambda: len(self.hub))
+        self.heartbeat = Heartbeat(settings.ping_interval, settings.ping_timeout)
         self.redis = Redis.from_url(settings.redis_url, socket_timeout=5.0,
                                     socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1))
         self.history = History(self.redis, settings.history_stream)
@@ -66,8 +68,6 @@ class NotifyServer:
         return tornado.web.Application(
             routes(self),
             websocket_max_message_size=self.settings.max_message_size,
-            websocket_ping_interval=self.settings.ping_interval or None,
-            websocket_ping_timeout=self.settings.ping_timeout or None,
         )
 
     async def start(self, subscribe_timeout: float = 5.0) -> None:
@@ -76,6 +76,7 @@ class NotifyServer:
         relay keeps retrying)."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.relay.run()),
+                       loop.create_task(self.heartbeat.run()),
                        loop.create_task(self.metrics.watch_loop_lag())]
         self.poller.start()
         try:

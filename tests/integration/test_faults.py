@@ -284,3 +284,16 @@ async def test_when_the_workers_go_away_queue_status_keeps_the_last_snapshot_mar
         producer.close()
         worker.stop()
         assert server.stop() == 0
+
+
+async def test_a_server_killed_with_sigkill_leaves_no_helper_process(redis_server):
+    server, port = start_server(redis_server.url, name="server-sigkill")
+    await eventually(lambda: get_json(port, "/readyz"), lambda r: r[1]["broker"])
+    helpers = psutil.Process(server.process.pid).children(recursive=True)
+    assert helpers, "the inspect helper process should be running"
+
+    server.signal(signal.SIGKILL)
+    server.wait(timeout=10)
+
+    gone, alive = psutil.wait_procs(helpers, timeout=10)
+    assert not alive, alive
