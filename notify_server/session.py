@@ -21,7 +21,7 @@ class Session:
     """
 
     __slots__ = ("send", "close", "_on_sent", "_task_ids", "_avids", "_held",
-                 "_covered_through", "__weakref__")
+                 "_covered_through", "takes_everything", "__weakref__")
 
     def __init__(self, send: Callable[[bytes], None], close: Callable[[int, str], None],
                  on_sent: Optional[Callable[[Sequence[Event]], None]] = None):
@@ -34,16 +34,18 @@ class Session:
         self._avids: Optional[frozenset] = None
         self._held: Optional[List[Event]] = None
         self._covered_through: Optional[Tuple[int, int]] = None
+        # True when every live event goes straight out (no filter, no replay,
+        # nothing to skip): the hub's fast path. Kept current by `_update`.
+        self.takes_everything = True
 
     def subscribe(self, task_ids: Optional[frozenset], avids: Optional[frozenset]) -> None:
         """From now on, only task events for these task ids or subjects pass."""
         self._task_ids, self._avids = task_ids, avids
+        self._update()
 
-    @property
-    def takes_everything(self) -> bool:
-        """True when every live event goes straight out (no filter, no replay)."""
-        return (self._task_ids is None and self._avids is None and self._held is None
-                and self._covered_through is None)
+    def _update(self) -> None:
+        self.takes_everything = (self._task_ids is None and self._avids is None
+                                 and self._held is None and self._covered_through is None)
 
     def wants(self, event: Event) -> bool:
         if self._task_ids is None and self._avids is None:
@@ -73,6 +75,7 @@ class Session:
     def hold(self) -> None:
         if self._held is None:
             self._held = []
+        self._update()
 
     def release(self, replayed_up_to: Optional[str]) -> None:
         """End a replay: send the held live events newer than the replay's last id."""
@@ -80,6 +83,7 @@ class Session:
         if replayed_up_to is not None:
             self._covered_through = parse_stream_id(replayed_up_to)
             held = self._uncovered(held)
+        self._update()
         self._send_wanted(held)
 
     def _uncovered(self, events: Sequence[Event]) -> List[Event]:
@@ -92,6 +96,7 @@ class Session:
                 continue
             if key is not None:
                 self._covered_through = None
+                self._update()
             kept.append(event)
         return kept
 

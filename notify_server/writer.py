@@ -40,8 +40,8 @@ class FrameWriter:
         self.overflowed = False
 
     def write(self, data: bytes) -> None:
-        stream = self._stream
-        if self.overflowed or stream.closed():
+        # The hot path of every broadcast: keep it to a few attribute reads and one send.
+        if self.overflowed:
             return
         if self._draining:
             self._backlog.append(data)
@@ -50,13 +50,13 @@ class FrameWriter:
                 self._overflow()
             return
         sent = 0
-        if self._socket is not None and not stream.writing():
+        if self._socket is not None and not self._stream._write_buffer._size:
             try:
                 sent = self._socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
             except OSError:
-                sent = 0  # let the IOStream meet the error and close the stream
+                # Would block, or the peer is gone: the IOStream takes the bytes,
+                # or meets the same error and closes the stream.
+                sent = 0
             if sent == len(data):
                 return
         self._hand_to_stream(memoryview(data)[sent:] if sent else data)
