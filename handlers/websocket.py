@@ -40,6 +40,8 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         return origin_allowed(origin, self.server.settings.allowed_origins)
 
     def open(self) -> None:
+        # Tornado turns Nagle back on after the upgrade; small frames must not wait for ACKs.
+        self.set_nodelay(True)
         self.writer = FrameWriter(self.ws_connection.stream, self.server.settings.max_client_buffer,
                                   self._too_slow)
         self.session = Session(self.writer.write, self.close, self.server.metrics.delivered)
@@ -94,7 +96,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
 
     def _reply(self, kind: str, frame: bytes) -> None:
         self.writer.write(frame)
-        self.server.metrics.sent.labels(kind).inc()
+        self.server.metrics.sent_of(kind).inc()
 
     def _too_slow(self, dropped_bytes: int) -> None:
         self.server.hub.discard(self.session)

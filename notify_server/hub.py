@@ -6,7 +6,7 @@ bytes, the whole batch in one `send`. A broadcast never waits for a client:
 `send` only hands bytes to the session's writer.
 """
 
-from typing import Iterator, Sequence, Set
+from typing import Callable, Iterator, Optional, Sequence, Set, Tuple
 
 from .messages import Event
 from .session import Session
@@ -15,12 +15,22 @@ from .session import Session
 class Hub:
     def __init__(self) -> None:
         self._sessions: Set[Session] = set()
+        # The fast path: the `send` of every session that takes everything, and
+        # the others. Rebuilt lazily after a session joins, leaves or changes mode.
+        self._split: Optional[Tuple[Tuple[Callable[[bytes], None], ...],
+                                    Tuple[Session, ...]]] = None
 
     def add(self, session: Session) -> None:
         self._sessions.add(session)
+        session.on_mode_change = self._invalidate
+        self._split = None
 
     def discard(self, session: Session) -> None:
         self._sessions.discard(session)
+        self._split = None
+
+    def _invalidate(self) -> None:
+        self._split = None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -35,17 +45,17 @@ class Hub:
         (the others filter, replay or hold, and account for themselves)."""
         if not events:
             return 0
-        shared = None
-        recipients = 0
-        for session in tuple(self._sessions):
-            if session.takes_everything:
-                if shared is None:
-                    shared = b"".join(event.frame for event in events)
-                session.send(shared)
-                recipients += 1
-            else:
-                session.deliver(events)
-        return recipients
+        if self._split is None:
+            self._split = (tuple(s.send for s in self._sessions if s.takes_everything),
+                           tuple(s for s in self._sessions if not s.takes_everything))
+        plain, others = self._split
+        if plain:
+            shared = events[0].frame if len(events) == 1 else b"".join(e.frame for e in events)
+            for send in plain:
+                send(shared)
+        for session in others:
+            session.deliver(events)
+        return len(plain)
 
     def send_all(self, frame: bytes) -> int:
         """Send an already-framed message (a `queue_status`, a `resync`) to every

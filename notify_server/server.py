@@ -158,7 +158,7 @@ class NotifyServer:
 
     def _on_resync(self, reason: str) -> None:
         sent = self.hub.send_all(messages.frame(messages.resync(reason)))
-        self.metrics.sent.labels(messages.RESYNC).inc(sent)
+        self.metrics.sent_of(messages.RESYNC).inc(sent)
 
     def _on_redis_state(self, connected: bool) -> None:
         log.info("events subscription %s", "up" if connected else "down")
@@ -166,4 +166,4 @@ class NotifyServer:
 
     def _on_queue_change(self, data: dict) -> None:
         self._queue_frame = messages.frame(messages.queue_status(data))
-        self.metrics.sent.labels(messages.QUEUE_STATUS).inc(self.hub.send_all(self._queue_frame))
+        self.metrics.sent_of(messages.QUEUE_STATUS).inc(self.hub.send_all(self._queue_frame))

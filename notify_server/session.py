@@ -21,7 +21,7 @@ class Session:
     """
 
     __slots__ = ("send", "close", "_on_sent", "_task_ids", "_avids", "_held",
-                 "_covered_through", "takes_everything", "__weakref__")
+                 "_covered_through", "takes_everything", "on_mode_change", "__weakref__")
 
     def __init__(self, send: Callable[[bytes], None], close: Callable[[int, str], None],
                  on_sent: Optional[Callable[[Sequence[Event]], None]] = None):
@@ -37,6 +37,8 @@ class Session:
         # True when every live event goes straight out (no filter, no replay,
         # nothing to skip): the hub's fast path. Kept current by `_update`.
         self.takes_everything = True
+        # Called when `takes_everything` changes (the hub caches it).
+        self.on_mode_change: Callable[[], None] = _nothing
 
     def subscribe(self, task_ids: Optional[frozenset], avids: Optional[frozenset]) -> None:
         """From now on, only task events for these task ids or subjects pass."""
@@ -44,8 +46,11 @@ class Session:
         self._update()
 
     def _update(self) -> None:
-        self.takes_everything = (self._task_ids is None and self._avids is None
-                                 and self._held is None and self._covered_through is None)
+        plain = (self._task_ids is None and self._avids is None
+                 and self._held is None and self._covered_through is None)
+        if plain != self.takes_everything:
+            self.takes_everything = plain
+            self.on_mode_change()
 
     def wants(self, event: Event) -> bool:
         if self._task_ids is None and self._avids is None:
@@ -108,6 +113,10 @@ class Session:
                   b"".join(event.frame for event in wanted))
         if self._on_sent is not None:
             self._on_sent(wanted)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _member(value, members: frozenset) -> bool:
