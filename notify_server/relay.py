@@ -63,12 +63,16 @@ class Relay:
         return self._last_id
 
     async def run(self) -> None:
-        """Relay until cancelled. Never raises for Redis failures."""
+        """Relay until cancelled. Never raises: Redis failures and unexpected
+        errors alike end in a resubscription with gap fill."""
         while True:
             try:
                 await self._subscribe_and_relay()
             except (RedisError, OSError) as exc:
                 self._lost(exc)
+            except Exception:  # a bug must not leave the server silently deaf
+                log.exception("events relay failed; resubscribing")
+                self._lost(RuntimeError("relay error"))
             await asyncio.sleep(self._backoff.next_delay())
 
     async def _subscribe_and_relay(self) -> None:

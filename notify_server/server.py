@@ -39,12 +39,16 @@ EMPTY_QUEUE = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
                "workers": [], "updated_at": None, "stale": True}
 
 
+def _call_soon(callback) -> None:
+    asyncio.get_running_loop().call_soon(callback)
+
+
 class NotifyServer:
     def __init__(self, settings: Settings):
         if not settings.redis_url:
             raise ValueError("NotifyServer needs settings.redis_url")
         self.settings = settings
-        self.hub = Hub()
+        self.hub = Hub(defer=_call_soon)
         self.queue = QueueState()
         self.metrics = Metrics(open_connections=lambda: len(self.hub))
         self.heartbeat = Heartbeat(settings.ping_interval, settings.ping_timeout)
@@ -62,7 +66,10 @@ class NotifyServer:
             refresh_delay=settings.refresh_delay, subject_arg=settings.subject_arg,
             on_poll=self.metrics.poll)
         self._tasks: List[asyncio.Task] = []
+        # The framed queue_status and the data it was built from (rebuilt when
+        # a poll moved `updated_at`, so replies always carry the latest poll time).
         self._queue_frame: Optional[bytes] = None
+        self._queue_frame_data: Optional[dict] = None
 
     def application(self) -> tornado.web.Application:
         return tornado.web.Application(
@@ -114,8 +121,12 @@ class NotifyServer:
     def queue_status_frame(self) -> bytes:
         """The framed `queue_status` for one client: the cached snapshot, or
         empty lists marked stale when no poll has succeeded yet."""
-        if self._queue_frame is None:
+        data = self.queue.data()
+        if data is None:
             return messages.frame(messages.queue_status(EMPTY_QUEUE))
+        if data != self._queue_frame_data:
+            self._queue_frame_data = data
+            self._queue_frame = messages.frame(messages.queue_status(data))
         return self._queue_frame
 
     async def resume(self, session: Session, last_event_id: str) -> None:
@@ -165,5 +176,6 @@ class NotifyServer:
         self.metrics.redis_up.set(1 if connected else 0)
 
     def _on_queue_change(self, data: dict) -> None:
+        self._queue_frame_data = data
         self._queue_frame = messages.frame(messages.queue_status(data))
         self.metrics.sent_of(messages.QUEUE_STATUS).inc(self.hub.send_all(self._queue_frame))

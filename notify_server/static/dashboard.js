@@ -191,7 +191,7 @@ function drawSnapshot() {
   } else {
     const seconds = Math.max(0, Math.round((Date.now() - snapshot.updatedAt) / 1000));
     const age = seconds < 60 ? `${seconds} s` : formatDuration(seconds * 1000);
-    text = `Queue lists last changed at ${formatClock(snapshot.updatedAt)} (${age} ago)`;
+    text = `Queue lists as of ${formatClock(snapshot.updatedAt)} (${age} ago)`;
     if (snapshot.stale) text += ': stale, the last poll failed; showing the last good lists';
   }
   setText(element('snapshot-text'), text);

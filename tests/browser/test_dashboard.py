@@ -80,7 +80,7 @@ def test_scheduled_task_waits_with_its_eta_and_the_answering_workers_are_shown(
     expect(page.locator("#workers")).to_have_text(re.compile(r"^Workers: .*test-\w+@localhost"))
     expect(page.locator("#snapshot")).to_have_attribute("data-stale", "false")
     expect(page.locator("#snapshot-text")).to_have_text(
-        re.compile(r"^Queue lists last changed at \d\d:\d\d:\d\d \(\d+ s ago\)$"))
+        re.compile(r"^Queue lists as of \d\d:\d\d:\d\d \(\d+ s ago\)$"))
 
     expect(notification(page, task_id, "completed")).to_have_count(1)
     expect(waiting).to_have_count(0)
