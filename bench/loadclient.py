@@ -32,6 +32,7 @@ import time
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
+from bench.procs import reply
 from bench.stats import percentile, scan_sent, scan_seq, summary_ms
 
 monotonic = time.monotonic
@@ -308,11 +309,6 @@ async def main() -> None:
         except Exception as exc:  # report to the orchestrator instead of dying
             result = {"error": f"{type(exc).__name__}: {exc}"}
         reply(result)
-
-
-def reply(message: dict) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

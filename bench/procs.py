@@ -10,6 +10,7 @@ import queue
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -83,6 +84,12 @@ class Child:
         if self in _STARTED:
             _STARTED.remove(self)
         return self.process.returncode
+
+
+def reply(message: dict) -> None:
+    """The child side of `RpcChild`: one JSON reply per line on stdout."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 
 class RpcChild(Child):

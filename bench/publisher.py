@@ -29,6 +29,8 @@ import time
 
 import orjson
 
+from bench.procs import reply
+
 monotonic = time.monotonic
 BATCH_MAX = 200
 
@@ -123,11 +125,6 @@ async def main(argv) -> None:
         except Exception as exc:  # report to the orchestrator instead of dying
             result = {"error": f"{type(exc).__name__}: {exc}"}
         reply(result)
-
-
-def reply(message: dict) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ function shortId(taskId) {
 
 // -- running ------------------------------------------------------------------
 
-const running = new KeyedList(element('running'), (task) => {
+// The cells every task row starts with: its subject, short id and worker.
+function taskRow(task) {
   const root = make('li', 'task');
   root.dataset.taskId = task.taskId;
   const name = make('span', 'name', root);
@@ -90,6 +91,11 @@ const running = new KeyedList(element('running'), (task) => {
   id.textContent = shortId(task.taskId);
   id.title = task.taskId;
   const worker = make('span', 'worker', root);
+  return { root, avid, worker };
+}
+
+const running = new KeyedList(element('running'), (task) => {
+  const { root, avid, worker } = taskRow(task);
   const elapsed = make('span', 'elapsed', root);
   elapsed.title = 'running for';
   const bar = make('span', 'bar', root);
@@ -138,14 +144,7 @@ function tickElapsed() {
 // -- waiting ------------------------------------------------------------------
 
 const waiting = new KeyedList(element('waiting'), (task) => {
-  const root = make('li', 'task');
-  root.dataset.taskId = task.taskId;
-  const name = make('span', 'name', root);
-  const avid = make('span', 'avid', name);
-  const id = make('span', 'task-id', name);
-  id.textContent = shortId(task.taskId);
-  id.title = task.taskId;
-  const worker = make('span', 'worker', root);
+  const { root, avid, worker } = taskRow(task);
   const kind = make('span', 'kind', root);
   return { root, avid, worker, kind };
 }, (row, task) => {
