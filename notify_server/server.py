@@ -39,16 +39,12 @@ EMPTY_QUEUE = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
                "workers": [], "updated_at": None, "stale": True}
 
 
-def _call_soon(callback) -> None:
-    asyncio.get_running_loop().call_soon(callback)
-
-
 class NotifyServer:
     def __init__(self, settings: Settings):
         if not settings.redis_url:
             raise ValueError("NotifyServer needs settings.redis_url")
         self.settings = settings
-        self.hub = Hub(defer=_call_soon)
+        self.hub = Hub()
         self.queue = QueueState()
         self.metrics = Metrics(open_connections=lambda: len(self.hub))
         self.heartbeat = Heartbeat(settings.ping_interval, settings.ping_timeout)

@@ -92,32 +92,3 @@ def test_live_events_the_replay_already_read_are_dropped_after_release():
     assert ids(sent) == ["5-0", "6-0", "7-0", "8-0", "9-0"]
     assert session.takes_everything
 
-
-def test_large_broadcasts_go_out_in_slices_and_keep_every_sessions_order():
-    deferred = []
-    hub = Hub(defer=deferred.append, slice_size=2)
-    recorders = [recorder() for _ in range(5)]
-    for _, session in recorders:
-        hub.add(session)
-
-    hub.publish([event("1-0")])
-    hub.publish([event("2-0")])
-    hub.send_all(b"\x81\x02{}")
-    assert sum(len(sent) for sent, _ in recorders) == 2 and len(deferred) == 1
-
-    while deferred:
-        deferred.pop(0)()
-    for sent, _ in recorders:
-        assert ids(sent[:2]) == ["1-0", "2-0"] and sent[2] == b"\x81\x02{}"
-
-
-def test_close_all_first_finishes_the_broadcasts_in_progress():
-    deferred = []
-    hub = Hub(defer=deferred.append, slice_size=1)
-    recorders = [recorder() for _ in range(3)]
-    for _, session in recorders:
-        hub.add(session)
-    hub.publish([event("1-0")])
-    hub.close_all(1001, "bye")
-    for sent, _ in recorders:
-        assert ids(sent[:1]) == ["1-0"] and sent[1] == (1001, "bye")
