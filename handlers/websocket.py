@@ -76,7 +76,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         self.server.heartbeat.discard(self)
         if self.session is not None:
-            self.server.hub.discard(self.session)
+            self.server.forget(self.session)
 
     def on_pong(self, data: bytes) -> None:
         self.awaiting_pong = False
@@ -99,7 +99,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         self.server.metrics.sent_of(kind).inc()
 
     def _too_slow(self, dropped_bytes: int) -> None:
-        self.server.hub.discard(self.session)
+        self.server.forget(self.session)
         self.server.slow_client_closed(dropped_bytes)
         log.warning("closing slow client %s: more than %d bytes unsent",
                     self.request.remote_ip, self.server.settings.max_client_buffer)

@@ -58,7 +58,7 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def command(self) -> List[str]:
+    def _command(self) -> List[str]:
         return [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", self.data_dir, "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self._appendonly else "no",
@@ -66,7 +66,7 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> str:
         log = open(os.path.join(self.data_dir, "redis.log"), "ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
         log.close()
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)

@@ -6,7 +6,7 @@ bytes, the whole batch in one `send`. A broadcast never waits for a client:
 `send` only hands bytes to the session's writer.
 """
 
-from typing import Callable, Iterator, Optional, Sequence, Set, Tuple
+from typing import Callable, Optional, Sequence, Set, Tuple
 
 from .messages import Event
 from .session import Session
@@ -34,9 +34,6 @@ class Hub:
 
     def __len__(self) -> int:
         return len(self._sessions)
-
-    def __iter__(self) -> Iterator[Session]:
-        return iter(tuple(self._sessions))
 
     def publish(self, events: Sequence[Event]) -> int:
         """Offer a batch of task events, in order, to every session.

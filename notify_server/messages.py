@@ -24,9 +24,6 @@ PONG = "pong"
 ERROR = "error"
 RESYNC = "resync"
 
-TASK_EVENT_TYPES = frozenset(
-    (TASK_STARTED, TASK_COMPLETED, TASK_FAILED, TASK_PROGRESS, TASK_RETRYING, TASK_REVOKED))
-
 # WebSocket close codes the server uses.
 CLOSE_GOING_AWAY = 1001   # server shutting down: reconnect (to another process)
 CLOSE_TOO_BIG = 1009      # inbound frame over the size limit (Tornado sends it)
@@ -136,14 +133,6 @@ class Event:
                 message["id"] = self.id
             self._frame = frame(message)
         return self._frame
-
-    @property
-    def task_id(self) -> Any:
-        return self.data.get("task_id")
-
-    @property
-    def avid(self) -> Any:
-        return self.data.get("avid")
 
 
 def parse_event(payload: bytes, stream_id: Optional[str] = None) -> Event:

@@ -57,11 +57,6 @@ class Relay:
         self.connected = False
         self.subscribed_once = asyncio.Event()
 
-    @property
-    def last_id(self) -> Optional[str]:
-        """The id of the newest event relayed, or of the history's end at start-up."""
-        return self._last_id
-
     async def run(self) -> None:
         """Relay until cancelled. Never raises: Redis failures and unexpected
         errors alike end in a resubscription with gap fill."""

@@ -62,6 +62,7 @@ class NotifyServer:
             refresh_delay=settings.refresh_delay, subject_arg=settings.subject_arg,
             on_poll=self.metrics.poll)
         self._tasks: List[asyncio.Task] = []
+        self._all_closed: Optional[asyncio.Event] = None  # set by `forget` while stopping
         # The framed queue_status and the data it was built from (rebuilt when
         # a poll moved `updated_at`, so replies always carry the latest poll time).
         self._queue_frame: Optional[bytes] = None
@@ -93,16 +94,25 @@ class NotifyServer:
         Waits up to `timeout` seconds for clients to acknowledge the close;
         Tornado aborts the connections that do not.
         """
+        self._all_closed = asyncio.Event()
+        if not len(self.hub):
+            self._all_closed.set()
         self.hub.close_all(messages.CLOSE_GOING_AWAY, "server shutting down")
         await self.poller.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.redis.aclose()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.hub) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%d client(s) did not close within %.1f s", len(self.hub), timeout)
+
+    def forget(self, session: Session) -> None:
+        """A socket closed (or was closed as too slow): stop sending to it."""
+        self.hub.discard(session)
+        if self._all_closed is not None and not len(self.hub):
+            self._all_closed.set()
 
     # -- what handlers ask for ----------------------------------------------
 

@@ -73,10 +73,6 @@ class Session:
         """Events read from the history during a resume."""
         self._send_wanted(events)
 
-    @property
-    def replaying(self) -> bool:
-        return self._held is not None
-
     def hold(self) -> None:
         if self._held is None:
             self._held = []

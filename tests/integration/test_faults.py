@@ -201,7 +201,7 @@ async def test_heartbeats_close_dead_peers_and_keep_live_ones(redis_server):
 async def test_a_frame_over_the_size_limit_closes_with_1009(server_port):
     client = await WsClient.connect(server_port)
     await client.send(json.dumps({"action": "ping", "pad": "x" * 70000}))
-    assert await client.wait_closed() == 1009
+    assert await client.wait_closed() == messages.CLOSE_TOO_BIG
 
 
 async def test_a_killed_pool_child_yields_task_failed_and_leaves_active_tasks(

@@ -30,7 +30,7 @@ def test_event_frame_is_encoded_once_and_carries_its_id():
 
 def test_parse_event_accepts_channel_and_history_forms():
     live = parse_event(b'{"id": "17-2", "type": "task_failed", "data": {"task_id": "x"}}')
-    assert (live.id, live.type, live.task_id) == ("17-2", "task_failed", "x")
+    assert (live.id, live.type, live.data["task_id"]) == ("17-2", "task_failed", "x")
     stored = parse_event(b'{"type": "task_started", "data": {}}', stream_id="9-0")
     assert stored.id == "9-0"
     bare = parse_event(b'{"type": "task_started", "data": {}}')
