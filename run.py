@@ -17,6 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 import settings as settings_module
+from notify_server import children
 from notify_server.embedded_redis import EmbeddedRedis
 from notify_server.server import NotifyServer
 
@@ -48,10 +49,10 @@ async def serve(settings: settings_module.Settings) -> None:
 def start_demo(redis_url: str, prefix: str) -> list:
     """Start a demo Celery worker and a task producer; returns their processes."""
     env = {**os.environ, "REDIS_URL": redis_url, "NOTIFY_PREFIX": prefix}
-    worker = subprocess.Popen(
+    worker = children.start(
         [sys.executable, "-m", "celery", "-A", "notify_server.demo", "worker",
          "--loglevel", "WARNING", "--concurrency", "2", "--hostname", "demo@%h"], env=env)
-    producer = subprocess.Popen([sys.executable, "-m", "notify_server.demo", "produce"], env=env)
+    producer = children.start([sys.executable, "-m", "notify_server.demo", "produce"], env=env)
     return [worker, producer]
 
 

@@ -6,8 +6,10 @@ succeed, some fail, a few are scheduled with a countdown.
 """
 
 import itertools
+import logging
 import os
 import random
+import signal
 import sys
 import time
 
@@ -25,6 +27,9 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 notifier = install(app, REDIS_URL)
+# The demo fails tasks on purpose and the dashboard shows why: keep Celery from
+# printing a traceback for each of them.
+logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)
 
 STEPS = 10
 
@@ -57,4 +62,8 @@ def produce(interval: float = 1.5) -> None:
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["produce"]:
-    produce()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        produce()
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole group; run.py stops us anyway
+        pass

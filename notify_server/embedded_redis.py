@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import redis
 
+from . import children
+
 
 def find_redis_server() -> str:
     """Path of a redis-server binary; raises FileNotFoundError if there is none."""
@@ -66,8 +68,8 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> str:
         log = open(os.path.join(self.data_dir, "redis.log"), "ab")
-        self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+        self.process = children.start(self._command(), stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL)
         log.close()
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
