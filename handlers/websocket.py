@@ -1,6 +1,5 @@
 """WebSocket: `/ws/tasks/`, the seed's socket (PROTOCOL.md section 1)."""
 
-import asyncio
 import logging
 
 import tornado.websocket
@@ -92,7 +91,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     def _start_resume(self, last_event_id: str) -> None:
         self.session.hold()
         self.server.hub.add(self.session)
-        asyncio.ensure_future(self.server.resume(self.session, last_event_id))
+        self.server.start_resume(self.session, last_event_id)
 
     def _reply(self, kind: str, frame: bytes) -> None:
         self.writer.write(frame)

@@ -7,7 +7,7 @@
 import asyncio
 import logging
 import time
-from typing import List, Optional
+from typing import List, Optional, Set
 
 import tornado.web
 from redis.asyncio import Redis
@@ -63,6 +63,7 @@ class NotifyServer:
             on_poll=self.metrics.poll)
         self._tasks: List[asyncio.Task] = []
         self._all_closed: Optional[asyncio.Event] = None  # set by `forget` while stopping
+        self._resumes: Set[asyncio.Task] = set()  # running replays (a Task needs a reference)
         # The framed queue_status and the data it was built from (rebuilt when
         # a poll moved `updated_at`, so replies always carry the latest poll time).
         self._queue_frame: Optional[bytes] = None
@@ -134,6 +135,12 @@ class NotifyServer:
             self._queue_frame_data = data
             self._queue_frame = messages.frame(messages.queue_status(data))
         return self._queue_frame
+
+    def start_resume(self, session: Session, last_event_id: str) -> None:
+        """Run `resume` in the background for a session that is holding."""
+        task = asyncio.get_running_loop().create_task(self.resume(session, last_event_id))
+        self._resumes.add(task)
+        task.add_done_callback(self._resumes.discard)
 
     async def resume(self, session: Session, last_event_id: str) -> None:
         """Replay the history after `last_event_id` to `session`, then go live.
