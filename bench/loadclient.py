@@ -23,16 +23,14 @@ sustain the rate shows it growing.
 """
 
 import asyncio
-import json
 import math
 import resource
-import sys
 import time
 
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
-from bench.procs import reply
+from bench.procs import serve_commands
 from bench.stats import percentile, scan_sent, scan_seq, summary_ms
 
 monotonic = time.monotonic
@@ -293,22 +291,9 @@ class LoadClient:
 
 async def main() -> None:
     raise_fd_limit()
-    loop = asyncio.get_running_loop()
     load = LoadClient()
-    reply({"ready": True})
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
-            break
-        command = json.loads(line)
-        if command.get("cmd") == "exit":
-            load.close()
-            break
-        try:
-            result = await load.handle(command)
-        except Exception as exc:  # report to the orchestrator instead of dying
-            result = {"error": f"{type(exc).__name__}: {exc}"}
-        reply(result)
+    await serve_commands(load.handle)
+    load.close()
 
 
 if __name__ == "__main__":

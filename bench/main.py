@@ -36,7 +36,7 @@ from bench import procs, report
 from bench.procs import Child, RpcChild
 from bench.stats import (RateSearch, histogram_delta, histogram_quantile,
                          parse_prometheus_histogram)
-from bench.systems import PEERS, ROOT, SYSTEMS
+from bench.systems import ROOT, SYSTEMS
 from notify_server.embedded_redis import EmbeddedRedis, find_redis_server
 
 BENCH = ROOT / "bench"

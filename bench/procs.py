@@ -4,6 +4,7 @@ Every child the run starts is registered here and `stop_all` ends exactly
 those (SIGTERM, then SIGKILL after a grace period), whatever happened.
 """
 
+import asyncio
 import json
 import os
 import queue
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Awaitable, Callable, Dict, List, Optional
 
 import psutil
 
@@ -84,6 +85,26 @@ class Child:
         if self in _STARTED:
             _STARTED.remove(self)
         return self.process.returncode
+
+
+async def serve_commands(handle: Callable[[dict], Awaitable[dict]]) -> None:
+    """The child side of `RpcChild`: say ready, then answer one JSON command per
+    stdin line with `handle(command)`'s result (or its error), until EOF or
+    ``{"cmd": "exit"}``."""
+    loop = asyncio.get_running_loop()
+    reply({"ready": True})
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        command = json.loads(line)
+        if command.get("cmd") == "exit":
+            return
+        try:
+            result = await handle(command)
+        except Exception as exc:  # report to the orchestrator instead of dying
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        reply(result)
 
 
 def reply(message: dict) -> None:

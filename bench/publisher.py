@@ -22,14 +22,13 @@ the worst lag behind schedule and the publisher's CPU seconds.
 """
 
 import asyncio
-import json
 import resource
 import sys
 import time
 
 import orjson
 
-from bench.procs import reply
+from bench.procs import serve_commands
 
 monotonic = time.monotonic
 BATCH_MAX = 200
@@ -108,23 +107,14 @@ def cpu_seconds() -> float:
 
 async def main(argv) -> None:
     path = LuaPath(argv[1]) if argv[0] == "lua" else GroupSendPath()
-    loop = asyncio.get_running_loop()
-    reply({"ready": True})
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
-            break
-        command = json.loads(line)
+
+    async def handle(command: dict) -> dict:
         name = command.pop("cmd")
-        if name == "exit":
-            break
-        try:
-            if name != "run":
-                raise ValueError(f"unknown command {name!r}")
-            result = await run(path, **command)
-        except Exception as exc:  # report to the orchestrator instead of dying
-            result = {"error": f"{type(exc).__name__}: {exc}"}
-        reply(result)
+        if name != "run":
+            raise ValueError(f"unknown command {name!r}")
+        return await run(path, **command)
+
+    await serve_commands(handle)
 
 
 if __name__ == "__main__":

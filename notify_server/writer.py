@@ -6,7 +6,7 @@ only; Tornado still writes its own control frames (ping, pong, close) on the
 same stream, and frames are never split or interleaved.
 """
 
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 from tornado.iostream import IOStream, StreamClosedError
 
