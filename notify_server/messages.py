@@ -115,15 +115,20 @@ class InvalidEvent(ValueError):
 class Event:
     """One task event on its way to clients.
 
-    `id` is the history stream id, or None for a bare PUBLISH. `frame` is the
-    message as a WebSocket text frame, built at most once however many
-    clients receive it.
+    `id` is the history stream id, or None for a bare PUBLISH; `key` is that
+    id as (milliseconds, sequence), parsed once. `frame` is the message as a
+    WebSocket text frame, built at most once however many clients receive it.
     """
 
     type: str
     data: dict
     id: Optional[str] = None
     _frame: Optional[bytes] = dataclasses.field(default=None, repr=False, compare=False)
+    key: Optional[Tuple[int, int]] = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.id is not None and self.key is None:
+            self.key = parse_stream_id(self.id)
 
     @property
     def frame(self) -> bytes:
@@ -154,9 +159,10 @@ def parse_event(payload: bytes, stream_id: Optional[str] = None) -> Event:
     if not isinstance(data, dict):
         raise InvalidEvent("'data' is not an object")
     event_id = stream_id if stream_id is not None else message.get("id")
-    if event_id is not None and parse_stream_id(event_id) is None:
+    key = parse_stream_id(event_id) if event_id is not None else None
+    if event_id is not None and key is None:
         raise InvalidEvent(f"malformed id {event_id!r}")
-    return Event(type=kind, data=data, id=event_id)
+    return Event(type=kind, data=data, id=event_id, key=key)
 
 
 def parse_stream_id(value: Any) -> Optional[Tuple[int, int]]:

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .messages import Event, parse_stream_id
+from .messages import Event
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
@@ -64,9 +64,8 @@ class Metrics:
         for event in events:
             if recipients:
                 self.sent_of(event.type).inc(recipients)
-            key = parse_stream_id(event.id) if event.id is not None else None
-            if key is not None:
-                self.relay_lag.observe(max(0.0, now - key[0] / 1000.0))
+            if event.key is not None:
+                self.relay_lag.observe(max(0.0, now - event.key[0] / 1000.0))
 
     def delivered(self, events: Iterable[Event]) -> None:
         for event in events:

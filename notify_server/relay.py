@@ -120,11 +120,10 @@ class Relay:
 
     def _is_new(self, event: Event) -> bool:
         """True for an event not relayed before; records its id as the newest."""
-        if event.id is not None:
-            key = parse_stream_id(event.id)
-            if key <= self._last_key:
+        if event.key is not None:
+            if event.key <= self._last_key:
                 return False
-            self._last_id, self._last_key = event.id, key
+            self._last_id, self._last_key = event.id, event.key
         return True
 
     def _advance(self, event_id: str) -> None:

@@ -92,7 +92,7 @@ class Session:
         through = self._covered_through
         kept = []
         for event in events:
-            key = parse_stream_id(event.id) if event.id is not None else None
+            key = event.key
             if key is not None and key <= through:
                 continue
             if key is not None:
