@@ -163,13 +163,12 @@ class QueuePoller:
             self._known = frozenset()
             self._failed("no Celery worker answered the inspect poll", started)
             return
+        self._known = responders
         if any(set(reply or {}) != responders for reply in replies):
             # A worker answered some calls and not others (it died or stalled
             # mid-poll): the lists would be half true. Keep the last good ones.
-            self._known = responders
             self._failed("a worker answered only part of the inspect poll", started)
             return
-        self._known = responders
         if discovering:
             self._last_discovery = loop.time()
         if self.failures:
