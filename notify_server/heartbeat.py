@@ -18,9 +18,10 @@ class Pingable(Protocol):
 
 
 class Heartbeat:
-    """Every `interval` seconds, ping each socket; `timeout` seconds later,
-    call `ping_timed_out()` on those whose `awaiting_pong` is still true (the
-    socket clears it when a pong arrives). Call on the event-loop thread.
+    """Every `interval` seconds, ping each socket; `timeout` seconds later (at
+    most `interval`), call `ping_timed_out()` on those whose `awaiting_pong`
+    is still true (the socket clears it when a pong arrives). Call on the
+    event-loop thread.
     """
 
     def __init__(self, interval: float, timeout: float):
@@ -37,15 +38,16 @@ class Heartbeat:
         """Ping forever (until cancelled); returns at once when `interval` is 0."""
         if self._interval <= 0:
             return
+        waited = 0.0  # of this interval, spent waiting for the last round's pongs
         while True:
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(self._interval - waited)
             pinged = tuple(self._sockets)
             for sock in pinged:
                 sock.awaiting_pong = True
                 sock.send_ping()
-            if self._timeout <= 0:
-                continue
-            await asyncio.sleep(self._timeout)
-            for sock in pinged:
-                if sock.awaiting_pong and sock in self._sockets:
-                    sock.ping_timed_out()
+            waited = min(self._timeout, self._interval) if self._timeout > 0 else 0.0
+            if waited:
+                await asyncio.sleep(waited)
+                for sock in pinged:
+                    if sock.awaiting_pong and sock in self._sockets:
+                        sock.ping_timed_out()

@@ -2,7 +2,7 @@
 
 An adapter. It bypasses `WebSocketHandler.write_message` (which frames each
 message again and creates a Future and a Task per call) for the hot path
-only; Tornado still writes its own control frames (ping, pong, close) on the
+only; Tornado still writes its own control frames (pong, close) on the
 same stream, and frames are never split or interleaved.
 """
 
