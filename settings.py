@@ -65,7 +65,7 @@ SETTINGS = (
     Setting("ping_interval", "NOTIFY_PING_INTERVAL", float,
             "seconds between WebSocket pings (0 disables)"),
     Setting("ping_timeout", "NOTIFY_PING_TIMEOUT", float,
-            "seconds without a pong before a peer is closed as dead"),
+            "seconds without a pong before a peer is closed as dead (at most the ping interval)"),
     Setting("shutdown_timeout", "NOTIFY_SHUTDOWN_TIMEOUT", float,
             "seconds SIGTERM waits for clients to close before exiting"),
     Setting("allowed_origins", "NOTIFY_ALLOWED_ORIGINS", _origins,
