@@ -1,4 +1,4 @@
-"""Worker side: write task events to Redis (PROTOCOL.md section 3).
+"""Worker side: write task events to Redis (docs/protocol.md section 6).
 
 Synchronous (redis-py), because Celery task bodies and signal handlers are.
 """
@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .messages import encode
+from .events import encode
 
 log = logging.getLogger(__name__)
 

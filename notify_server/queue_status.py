@@ -5,44 +5,13 @@ Pure: no Celery, Tornado or Redis imports. The poller feeds replies in;
 handlers read `QueueState.data()`.
 """
 
-import ast
 from typing import Any, Dict, List, Optional
+
+from .events import subject_of
 
 # Celery's inspect replies: {worker hostname: [task info dict, ...]} or None
 # when no worker answered.
 Replies = Optional[Dict[str, List[dict]]]
-
-
-def subject_of(args: Any, kwargs: Any, subject_arg: str) -> Any:
-    """The task's subject (`avid`): kwargs[subject_arg], else the first positional.
-
-    Accepts the real objects or their reprs (Celery sends reprs when a task
-    uses `argsrepr`/`kwargsrepr`, or for older protocol messages). Returns None
-    when there is no subject.
-    """
-    kwargs = _literal(kwargs)
-    if isinstance(kwargs, dict) and subject_arg in kwargs:
-        return _plain(kwargs[subject_arg])
-    args = _literal(args)
-    if isinstance(args, (list, tuple)) and args:
-        return _plain(args[0])
-    return None
-
-
-def _literal(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return ast.literal_eval(value)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return None
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """Keep JSON scalars as they are; anything else becomes its string."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 def _epoch(value: Any) -> Optional[float]:

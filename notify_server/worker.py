@@ -15,9 +15,8 @@ from typing import Any, Optional
 
 from celery import Celery, current_task, signals
 
-from . import messages
+from . import events
 from .emitter import Emitter
-from .queue_status import subject_of
 
 
 def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[str] = None,
@@ -71,37 +70,37 @@ class Notifier:
         if task is None or not task.request.id:
             return
         request = task.request
-        self.emitter.emit(messages.task_progress(
+        self.emitter.emit(events.task_progress(
             request.id, self._subject(request.args, request.kwargs), current, total,
-            messages.safe_text(message)))
+            events.safe_text(message)))
 
     def _mine(self, sender: Any) -> bool:
         return getattr(sender, "app", None) is self.app
 
     def _subject(self, args: Any, kwargs: Any) -> Any:
-        return subject_of(args, kwargs, self._subject_arg)
+        return events.subject_of(args, kwargs, self._subject_arg)
 
     def _on_prerun(self, sender=None, task_id=None, args=None, kwargs=None, **_):
         if self._mine(sender):
-            self.emitter.emit(messages.task_started(task_id, self._subject(args, kwargs)))
+            self.emitter.emit(events.task_started(task_id, self._subject(args, kwargs)))
 
     def _on_success(self, sender=None, result=None, **_):
         if self._mine(sender):
             request = sender.request
-            text = "success" if result is None else messages.safe_text(result)
-            self.emitter.emit(messages.task_completed(
+            text = "success" if result is None else events.safe_text(result)
+            self.emitter.emit(events.task_completed(
                 request.id, self._subject(request.args, request.kwargs), text))
 
     def _on_failure(self, sender=None, task_id=None, exception=None, args=None, kwargs=None, **_):
         if self._mine(sender):
-            self.emitter.emit(messages.task_failed(
+            self.emitter.emit(events.task_failed(
                 task_id, self._subject(args, kwargs), _reason(exception)))
 
     def _on_retry(self, sender=None, request=None, reason=None, **_):
         if self._mine(sender) and request is not None:
-            self.emitter.emit(messages.task_retrying(
+            self.emitter.emit(events.task_retrying(
                 request.id, self._subject(request.args, request.kwargs),
-                messages.safe_text(reason)))
+                events.safe_text(reason)))
 
     def _on_revoked(self, sender=None, request=None, terminated=False, signum=None,
                     expired=False, **_):
@@ -112,13 +111,13 @@ class Notifier:
                 text = f"terminated by signal {signum}"
             else:
                 text = "revoked"
-            self.emitter.emit(messages.task_revoked(
+            self.emitter.emit(events.task_revoked(
                 request.id, self._subject(request.args, request.kwargs), text))
 
 
 def _reason(exception: Any) -> str:
     if exception is None:
         return "failed"
-    text = messages.safe_text(exception)
+    text = events.safe_text(exception)
     name = type(exception).__name__
     return f"{name}: {text}" if text else name

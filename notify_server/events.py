@@ -1,0 +1,119 @@
+"""Task events as workers write them: their shapes, their subject, their bytes.
+
+The worker side's half of the protocol (docs/protocol.md section 6), pure and
+standard-library only, so that `worker` and `emitter` run in a Celery worker
+that has only celery and redis installed. `messages` re-exports the builders:
+the server and the workers share one definition of each event shape.
+"""
+
+import ast
+import json
+import math
+from typing import Any
+
+TASK_STARTED = "task_started"
+TASK_COMPLETED = "task_completed"
+TASK_FAILED = "task_failed"
+TASK_PROGRESS = "task_progress"
+TASK_RETRYING = "task_retrying"
+TASK_REVOKED = "task_revoked"
+
+
+def task_started(task_id: str, avid: Any) -> dict:
+    return _task_event(TASK_STARTED, task_id, avid, "started")
+
+
+def task_completed(task_id: str, avid: Any, message: str) -> dict:
+    return _task_event(TASK_COMPLETED, task_id, avid, "success", message=message)
+
+
+def task_failed(task_id: str, avid: Any, message: str) -> dict:
+    return _task_event(TASK_FAILED, task_id, avid, "failed", message=message)
+
+
+def task_retrying(task_id: str, avid: Any, message: str) -> dict:
+    return _task_event(TASK_RETRYING, task_id, avid, "retrying", message=message)
+
+
+def task_revoked(task_id: str, avid: Any, message: str) -> dict:
+    return _task_event(TASK_REVOKED, task_id, avid, "revoked", message=message)
+
+
+def task_progress(task_id: str, avid: Any, current: float, total: float, message: str) -> dict:
+    percent = round(100.0 * current / total, 1) if total else 0.0
+    return _task_event(TASK_PROGRESS, task_id, avid, "progress", current=current, total=total,
+                       percent=percent, message=message)
+
+
+def _task_event(kind: str, task_id: str, avid: Any, status: str, **more: Any) -> dict:
+    # The seed's clients read data's keys in this order: task_id, avid, status, then the rest.
+    return {"type": kind, "data": {"task_id": task_id, "avid": avid, "status": status, **more}}
+
+
+def safe_text(value: Any, limit: int = 1000) -> str:
+    """A short printable string for a reason or result: never raises."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # a broken __str__ must not break event emission
+        text = repr(type(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def subject_of(args: Any, kwargs: Any, subject_arg: str) -> Any:
+    """The task's subject (`avid`): kwargs[subject_arg], else the first positional.
+
+    Accepts the real objects or their reprs (Celery sends reprs when a task
+    uses `argsrepr`/`kwargsrepr`, or for older protocol messages). Returns None
+    when there is no subject.
+    """
+    kwargs = _literal(kwargs)
+    if isinstance(kwargs, dict) and subject_arg in kwargs:
+        return _plain(kwargs[subject_arg])
+    args = _literal(args)
+    if isinstance(args, (list, tuple)) and args:
+        return _plain(args[0])
+    return None
+
+
+def _literal(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Keep JSON scalars as they are; anything else becomes its string."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def encode(message: dict) -> bytes:
+    """An event as compact UTF-8 JSON, keys in the order the builders give.
+
+    The server parses it with orjson (`messages.parse_event`). JSON has no NaN
+    or infinity: such a float (say a progress of nan) is written as null, as
+    orjson would write it, rather than as a token the server rejects.
+    """
+    try:
+        text = _dumps(message)
+    except ValueError:
+        text = _dumps(_finite(message))
+    return text.encode("utf-8")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
