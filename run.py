@@ -3,20 +3,28 @@
 With no REDIS_URL, a private redis-server is started (and stopped on exit)
 and used for events and as the Celery broker. `--demo` also starts a Celery
 worker on `notify_server.demo` and a producer of demo tasks.
+
+Exit codes: 0 after a clean shutdown; 2 for a setting that is not allowed or
+an address it cannot listen on (one line on stderr, no traceback).
 """
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+from typing import Callable, List
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 import settings as settings_module
+from handlers import make_application
 from notify_server import children
 from notify_server.embedded_redis import EmbeddedRedis
 from notify_server.server import NotifyServer
@@ -24,11 +32,14 @@ from notify_server.server import NotifyServer
 log = logging.getLogger("notify_server")
 
 
-async def serve(settings: settings_module.Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
-    server = NotifyServer(settings)
-    http_server = HTTPServer(server.application(), xheaders=settings.xheaders)
-    sockets = bind_sockets(settings.port, settings.host)
+async def serve(settings: settings_module.Settings, sockets: List[socket.socket],
+                on_stopping: Callable[[], None]) -> None:
+    """Serve on the bound `sockets` until SIGINT or SIGTERM, then shut down
+    cleanly; `on_stopping()` is called as soon as a signal arrives."""
+    server = NotifyServer(settings.server_config())
+    application = make_application(server, allowed_origins=settings.allowed_origins,
+                                   max_message_size=settings.max_message_size)
+    http_server = HTTPServer(application, xheaders=settings.xheaders)
     await server.start()
     http_server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
@@ -40,10 +51,34 @@ async def serve(settings: settings_module.Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("shutting down: closing %d client(s)", len(server.hub))
+    on_stopping()
+    log.info("shutting down: closing %d client(s)", server.health()["clients"])
     http_server.stop()
     await server.stop(settings.shutdown_timeout)
     log.info("stopped")
+
+
+def listen(settings: settings_module.Settings) -> List[socket.socket]:
+    """Bind the listening sockets; raises SystemExit(2) with one line on failure."""
+    try:
+        return bind_sockets(settings.port, settings.host)
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        if exc.errno == errno.EADDRINUSE:
+            why = ("the address is already in use (another notify-server?); stop that process "
+                   "or choose another port with --port or NOTIFY_PORT")
+        elif exc.errno == errno.EACCES:
+            why = "permission denied; ports below 1024 need privileges, choose another with --port"
+        elif isinstance(exc, socket.gaierror):
+            why = f"unknown host ({exc.strerror}); check --host or NOTIFY_HOST"
+        else:
+            why = f"{exc.strerror or exc}; check --host and --port"
+        fail(f"cannot listen on {where}: {why}")
+
+
+def fail(message: str) -> None:
+    print(f"run.py: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def start_demo(redis_url: str, prefix: str) -> list:
@@ -56,24 +91,39 @@ def start_demo(redis_url: str, prefix: str) -> list:
     return [worker, producer]
 
 
-def stop_processes(processes: list) -> None:
-    for process in processes:
+def stop_demo(processes: list) -> None:
+    """Ask the demo worker for Celery's cold shutdown (SIGQUIT: its running demo
+    tasks are abandoned, no warm wait) and the producer to stop."""
+    for process, signum in zip(processes, (signal.SIGQUIT, signal.SIGTERM)):
         if process.poll() is None:
-            process.terminate()
+            process.send_signal(signum)
+
+
+def wait_or_kill(processes: list, deadline: float) -> None:
     for process in processes:
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=max(0.5, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
 
 def main(argv=None) -> int:
-    settings = settings_module.load(sys.argv[1:] if argv is None else argv, os.environ)
-    logging.basicConfig(level=settings.log_level.upper(),
+    try:
+        settings = settings_module.load(sys.argv[1:] if argv is None else argv, os.environ)
+    except settings_module.SettingError as exc:
+        fail(str(exc))
+    logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sockets = listen(settings)
     embedded = None
-    children = []
+    demo = []
+    deadline = [float("inf")]  # when shutdown began, plus the shutdown timeout
+
+    def stopping() -> None:
+        deadline[0] = time.monotonic() + settings.shutdown_timeout
+        stop_demo(demo)
+
     try:
         if not settings.redis_url:
             embedded = EmbeddedRedis()
@@ -81,10 +131,11 @@ def main(argv=None) -> int:
             settings = dataclasses.replace(settings, redis_url=url)
             print(f"embedded Redis at {url}; start workers with REDIS_URL={url}", flush=True)
         if settings.demo:
-            children = start_demo(settings.redis_url, settings.prefix)
-        asyncio.run(serve(settings))
+            demo = start_demo(settings.redis_url, settings.prefix)
+        asyncio.run(serve(settings, sockets, stopping))
     finally:
-        stop_processes(children)
+        stop_demo(demo)
+        wait_or_kill(demo, min(deadline[0], time.monotonic() + settings.shutdown_timeout))
         if embedded is not None:
             embedded.stop()
     return 0

@@ -7,14 +7,23 @@ meaning. The flag parser and the README's configuration table are built from the
 
 import argparse
 import dataclasses
+import math
+import re
 from typing import Any, Callable, Mapping, Optional, Sequence
+
+from notify_server.server import ServerConfig
+
+
+class SettingError(ValueError):
+    """A setting's value is not allowed: the message names the variable or
+    flag, the value and what is allowed, on one line."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
     name: str
     env: str
-    parse: Callable[[str], Any]
+    parse: Callable[[str], Any]  # raises ValueError saying what is allowed
     help: str
 
     @property
@@ -22,8 +31,60 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
 
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
 def _optional_str(value: str) -> Optional[str]:
     return value or None
+
+
+def _redis_url(value: str) -> Optional[str]:
+    if value and not re.match(r"(redis|rediss|unix)://", value):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL, or empty")
+    return value or None
+
+
+def _identifier(value: str) -> str:
+    if not value.isidentifier():
+        raise ValueError("must be a Python argument name")
+    return value
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError("must be an integer from 0 to 65535 (0 picks a free port)")
+    return port
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise ValueError("must be a whole number of bytes greater than 0")
+    return number
+
+
+def _seconds(minimum: float, inclusive: bool) -> Callable[[str], float]:
+    allowed = f"{'at least' if inclusive else 'greater than'} {minimum:g}"
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
+            raise ValueError(f"must be a number of seconds {allowed}")
+        return number
+    return parse
 
 
 def _bool(value: str) -> bool:
@@ -32,45 +93,57 @@ def _bool(value: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"not a boolean: {value!r}")
+    raise ValueError("must be one of 1, true, yes, on, 0, false, no, off")
 
 
 def _origins(value: str) -> tuple:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+    origins = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+    if not origins or not all(o == "*" or re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+", o)
+                              for o in origins):
+        raise ValueError("must be * or a comma-separated list of origins such as "
+                         "https://app.example.com")
+    return origins
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
 
 
 SETTINGS = (
-    Setting("host", "NOTIFY_HOST", str,
+    Setting("host", "NOTIFY_HOST", _text,
             "address to listen on (localhost binds both 127.0.0.1 and ::1)"),
-    Setting("port", "NOTIFY_PORT", int, "port to listen on"),
-    Setting("redis_url", "REDIS_URL", _optional_str,
+    Setting("port", "NOTIFY_PORT", _port, "port to listen on"),
+    Setting("redis_url", "REDIS_URL", _redis_url,
             "Redis for events; unset starts an embedded redis-server"),
     Setting("broker_url", "CELERY_BROKER_URL", _optional_str,
             "Celery broker the poller inspects; defaults to the Redis URL"),
-    Setting("prefix", "NOTIFY_PREFIX", str, "prefix of the Redis keys: PREFIX:events and PREFIX:events:history"),
-    Setting("subject_arg", "NOTIFY_SUBJECT_ARG", str,
+    Setting("prefix", "NOTIFY_PREFIX", _text, "prefix of the Redis keys: PREFIX:events and PREFIX:events:history"),
+    Setting("subject_arg", "NOTIFY_SUBJECT_ARG", _identifier,
             "keyword argument that names a task's subject (avid); else the first positional"),
-    Setting("poll_interval", "NOTIFY_POLL_INTERVAL", float,
+    Setting("poll_interval", "NOTIFY_POLL_INTERVAL", _seconds(0, inclusive=False),
             "seconds between Celery inspect polls"),
-    Setting("inspect_timeout", "NOTIFY_INSPECT_TIMEOUT", float,
+    Setting("inspect_timeout", "NOTIFY_INSPECT_TIMEOUT", _seconds(0, inclusive=False),
             "seconds an inspect call waits for worker replies"),
-    Setting("discovery_interval", "NOTIFY_DISCOVERY_INTERVAL", float,
+    Setting("discovery_interval", "NOTIFY_DISCOVERY_INTERVAL", _seconds(0, inclusive=False),
             "seconds between polls that wait the full timeout to find new workers"),
-    Setting("refresh_delay", "NOTIFY_REFRESH_DELAY", float,
+    Setting("refresh_delay", "NOTIFY_REFRESH_DELAY", _seconds(0, inclusive=True),
             "debounce before an extra poll after a task event"),
-    Setting("max_message_size", "NOTIFY_MAX_MESSAGE_SIZE", int,
+    Setting("max_message_size", "NOTIFY_MAX_MESSAGE_SIZE", _positive_int,
             "largest inbound WebSocket frame in bytes; larger closes with 1009"),
-    Setting("max_client_buffer", "NOTIFY_MAX_CLIENT_BUFFER", int,
+    Setting("max_client_buffer", "NOTIFY_MAX_CLIENT_BUFFER", _positive_int,
             "bytes a client may leave unread before it is closed with 4008 (slow)"),
-    Setting("ping_interval", "NOTIFY_PING_INTERVAL", float,
+    Setting("ping_interval", "NOTIFY_PING_INTERVAL", _seconds(0, inclusive=True),
             "seconds between WebSocket pings (0 disables)"),
-    Setting("ping_timeout", "NOTIFY_PING_TIMEOUT", float,
+    Setting("ping_timeout", "NOTIFY_PING_TIMEOUT", _seconds(0, inclusive=False),
             "seconds without a pong before a peer is closed as dead (at most the ping interval)"),
-    Setting("shutdown_timeout", "NOTIFY_SHUTDOWN_TIMEOUT", float,
+    Setting("shutdown_timeout", "NOTIFY_SHUTDOWN_TIMEOUT", _seconds(0, inclusive=True),
             "seconds SIGTERM waits for clients to close before exiting"),
     Setting("allowed_origins", "NOTIFY_ALLOWED_ORIGINS", _origins,
             "comma-separated Origin values allowed to open a socket; * allows any"),
-    Setting("log_level", "NOTIFY_LOG_LEVEL", str, "logging level"),
+    Setting("log_level", "NOTIFY_LOG_LEVEL", _log_level, "logging level"),
     Setting("xheaders", "NOTIFY_XHEADERS", _bool,
             "trust X-Real-IP/X-Forwarded-For and X-Forwarded-Proto from a reverse proxy"),
     Setting("demo", "NOTIFY_DEMO", _bool,
@@ -112,32 +185,56 @@ class Settings:
     def effective_broker_url(self) -> Optional[str]:
         return self.broker_url or self.redis_url
 
+    def server_config(self) -> ServerConfig:
+        """What the core needs; `redis_url` must be set (run.py fills it in)."""
+        return ServerConfig(
+            redis_url=self.redis_url, broker_url=self.effective_broker_url,
+            events_channel=self.events_channel, history_stream=self.history_stream,
+            subject_arg=self.subject_arg, poll_interval=self.poll_interval,
+            inspect_timeout=self.inspect_timeout, discovery_interval=self.discovery_interval,
+            refresh_delay=self.refresh_delay, max_client_buffer=self.max_client_buffer,
+            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout)
 
-def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags as raw strings (None when absent): `load` parses and checks them,
+    so a flag and its variable get the same one-line error."""
     parser = argparse.ArgumentParser(
         prog="run.py", description="Realtime Celery task notifications over WebSocket.")
-    defaults = Settings()
     for setting in SETTINGS:
-        default = getattr(defaults, setting.name)
-        if setting.env in environ:
-            try:
-                default = setting.parse(environ[setting.env])
-            except ValueError as exc:
-                parser.error(f"{setting.env}: {exc}")
         if setting.parse is _bool:
-            parser.add_argument(setting.flag, dest=setting.name, default=default,
+            parser.add_argument(setting.flag, dest=setting.name, default=None,
                                 action=argparse.BooleanOptionalAction,
                                 help=f"{setting.help} (env {setting.env})")
         else:
-            parser.add_argument(setting.flag, dest=setting.name, default=default,
-                                type=setting.parse, help=f"{setting.help} (env {setting.env})")
+            parser.add_argument(setting.flag, dest=setting.name, default=None,
+                                help=f"{setting.help} (env {setting.env})")
     return parser
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Build the settings from flags, then environment variables, then defaults.
 
-    Raises SystemExit with a usage message on a malformed flag or variable.
+    Raises `SettingError` for a value that is not allowed (nothing is
+    clamped or silently disabled), SystemExit for a malformed command line.
     """
-    namespace = build_parser(environ).parse_args(list(argv))
-    return Settings(**vars(namespace))
+    flags = vars(build_parser().parse_args(list(argv)))
+    values = {}
+    for setting in SETTINGS:
+        raw, source = flags[setting.name], setting.flag
+        if raw is None and setting.env in environ:
+            raw, source = environ[setting.env], setting.env
+        if raw is None or isinstance(raw, bool):
+            if raw is not None:
+                values[setting.name] = raw
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise SettingError(f"{source}={raw!r}: {exc}") from None
+    loaded = Settings(**values)
+    if loaded.ping_interval > 0 and loaded.ping_timeout > loaded.ping_interval:
+        raise SettingError(f"NOTIFY_PING_TIMEOUT={loaded.ping_timeout:g}: must be at most "
+                           f"NOTIFY_PING_INTERVAL ({loaded.ping_interval:g} s); a peer is "
+                           "pinged again after the interval")
+    return loaded

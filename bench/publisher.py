@@ -5,7 +5,7 @@ worker-side path. Driven by JSON lines on stdin/stdout, like the load client.
     python -m bench.publisher group_send              # the Channels peer (its settings)
 
 `lua` runs the emitter's own Lua script (`notify_server.emitter.EMIT_SCRIPT`,
-XADD to the capped history then PUBLISH with the new id, PROTOCOL.md section 3)
+XADD to the capped history then PUBLISH with the new id, docs/protocol.md, section 6)
 through a pipelined redis.asyncio client: the synchronous `Emitter` makes one
 round trip per event and cannot pace a saturation run. The Redis commands and
 the payload are the same as `Emitter.emit`'s.

@@ -23,10 +23,7 @@ class ReadinessHandler(tornado.web.RequestHandler):
         self.server = server
 
     def get(self) -> None:
-        server = self.server
-        body = {"ready": server.ready, "redis": server.relay.connected,
-                "broker": server.poller.broker_reachable is True,
-                "queue_stale_reason": server.queue.stale_reason, "clients": len(server.hub)}
-        self.set_status(200 if server.ready else 503)
+        health = self.server.health()
+        self.set_status(200 if health["ready"] else 503)
         self.set_header("Content-Type", "application/json")
-        self.finish(messages.encode(body))
+        self.finish(messages.encode(health))

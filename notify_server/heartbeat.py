@@ -18,13 +18,19 @@ class Pingable(Protocol):
 
 
 class Heartbeat:
-    """Every `interval` seconds, ping each socket; `timeout` seconds later (at
-    most `interval`), call `ping_timed_out()` on those whose `awaiting_pong`
-    is still true (the socket clears it when a pong arrives). Call on the
-    event-loop thread.
+    """Every `interval` seconds, ping each socket; `timeout` seconds later,
+    call `ping_timed_out()` on those whose `awaiting_pong` is still true (the
+    socket clears it when a pong arrives) and that are still registered (a
+    socket that closed or timed out has been `discard`ed, and is never pinged
+    or timed out again). Call on the event-loop thread.
+
+    `interval` 0 disables heartbeats; otherwise 0 < `timeout` <= `interval`
+    (ValueError), so one round ends before the next begins.
     """
 
     def __init__(self, interval: float, timeout: float):
+        if interval < 0 or (interval > 0 and not 0 < timeout <= interval):
+            raise ValueError(f"heartbeat needs 0 < timeout <= interval, got {timeout}, {interval}")
         self._interval, self._timeout = interval, timeout
         self._sockets: Set[Pingable] = set()
 
@@ -38,16 +44,13 @@ class Heartbeat:
         """Ping forever (until cancelled); returns at once when `interval` is 0."""
         if self._interval <= 0:
             return
-        waited = 0.0  # of this interval, spent waiting for the last round's pongs
         while True:
-            await asyncio.sleep(self._interval - waited)
+            await asyncio.sleep(self._interval - self._timeout)
             pinged = tuple(self._sockets)
             for sock in pinged:
                 sock.awaiting_pong = True
                 sock.send_ping()
-            waited = min(self._timeout, self._interval) if self._timeout > 0 else 0.0
-            if waited:
-                await asyncio.sleep(waited)
-                for sock in pinged:
-                    if sock.awaiting_pong and sock in self._sockets:
-                        sock.ping_timed_out()
+            await asyncio.sleep(self._timeout)
+            for sock in pinged:
+                if sock.awaiting_pong and sock in self._sockets:
+                    sock.ping_timed_out()

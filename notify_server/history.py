@@ -1,4 +1,4 @@
-"""Reads of the event history stream (PROTOCOL.md section 3), with redis.asyncio.
+"""Reads of the event history stream (docs/protocol.md, section 6), with redis.asyncio.
 
 Used by the relay's gap fill and by client resumes. Every call may raise
 redis.exceptions.RedisError (or OSError) when Redis is unreachable; callers

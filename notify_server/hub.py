@@ -3,22 +3,29 @@
 Pure, and called on the event-loop thread only. A broadcast frames each event
 once (`Event.frame`); every session that takes everything gets the same
 bytes, the whole batch in one `send`. A broadcast never waits for a client:
-`send` only hands bytes to the session's writer.
+`send` only hands bytes to the session's connection.
 """
 
-from typing import Callable, Optional, Sequence, Set, Tuple
+import logging
+from typing import Iterable, Optional, Sequence, Set, Tuple
 
-from .messages import Event
+from .messages import CLOSE_INTERNAL_ERROR, Event
 from .session import Session
+
+log = logging.getLogger(__name__)
 
 
 class Hub:
+    """Every fan-out isolates sessions from each other: a session whose
+    `send` (or filter) raises is logged as a bug, taken out of the hub and
+    closed with `CLOSE_INTERNAL_ERROR` (1011, so its client reconnects and
+    resumes), and every other session still gets the whole batch."""
+
     def __init__(self) -> None:
         self._sessions: Set[Session] = set()
-        # The fast path: the `send` of every session that takes everything, and
-        # the others. Rebuilt lazily after a session joins, leaves or changes mode.
-        self._split: Optional[Tuple[Tuple[Callable[[bytes], None], ...],
-                                    Tuple[Session, ...]]] = None
+        # The fast path: the sessions that take everything, and the others.
+        # Rebuilt lazily after a session joins, leaves or changes mode.
+        self._split: Optional[Tuple[Tuple[Session, ...], Tuple[Session, ...]]] = None
 
     def add(self, session: Session) -> None:
         self._sessions.add(session)
@@ -43,25 +50,53 @@ class Hub:
         if not events:
             return 0
         if self._split is None:
-            self._split = (tuple(s.send for s in self._sessions if s.takes_everything),
+            self._split = (tuple(s for s in self._sessions if s.takes_everything),
                            tuple(s for s in self._sessions if not s.takes_everything))
         plain, others = self._split
+        failed = []
         if plain:
             shared = events[0].frame if len(events) == 1 else b"".join(e.frame for e in events)
-            for send in plain:
-                send(shared)
+            for session in plain:
+                try:
+                    session.send(shared)
+                except Exception as exc:
+                    failed.append((session, exc))
+        shared_writes = len(plain) - len(failed)
         for session in others:
-            session.deliver(events)
-        return len(plain)
+            try:
+                session.deliver(events)
+            except Exception as exc:
+                failed.append((session, exc))
+        self._drop(failed)
+        return shared_writes
 
     def send_all(self, frame: bytes) -> int:
-        """Send an already-framed message (a `queue_status`, a `resync`) to every
-        session; returns how many."""
-        sessions = tuple(self._sessions)
-        for session in sessions:
-            session.send(frame)
-        return len(sessions)
+        """Send an already-framed message (a `resync`) to every session;
+        returns how many got it."""
+        return self._send_each(tuple(self._sessions), frame)
 
-    def close_all(self, code: int, reason: str) -> None:
-        for session in tuple(self._sessions):
-            session.close(code, reason)
+    def send_live(self, frame: bytes) -> int:
+        """Send an already-framed `queue_status` to every session that is not
+        replaying (a replay ends with its own, current one); returns how many."""
+        return self._send_each(tuple(s for s in self._sessions if not s.holding), frame)
+
+    def _send_each(self, sessions: Iterable[Session], frame: bytes) -> int:
+        failed, sent = [], 0
+        for session in sessions:
+            try:
+                session.send(frame)
+                sent += 1
+            except Exception as exc:
+                failed.append((session, exc))
+        self._drop(failed)
+        return sent
+
+    def _drop(self, failed: Sequence[Tuple[Session, Exception]]) -> None:
+        for session, exc in failed:
+            log.error("delivery to a client failed; closing it with %d", CLOSE_INTERNAL_ERROR,
+                      exc_info=exc)
+            self.discard(session)
+            try:
+                session.close(CLOSE_INTERNAL_ERROR, "internal error; reconnect and resume")
+            except Exception:
+                log.exception("closing the failed client failed too")

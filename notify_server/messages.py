@@ -11,14 +11,13 @@ from typing import Any, Optional, Tuple
 
 import orjson
 
+# The task events are the workers' to build (`events` is stdlib-only, so a
+# worker needs no server dependency); re-exported here for the server side.
+from .events import (TASK_COMPLETED, TASK_FAILED, TASK_PROGRESS, TASK_RETRYING,
+                     TASK_REVOKED, TASK_STARTED, safe_text, task_completed, task_failed,
+                     task_progress, task_retrying, task_revoked, task_started)
 from .framing import text_frame
 
-TASK_STARTED = "task_started"
-TASK_COMPLETED = "task_completed"
-TASK_FAILED = "task_failed"
-TASK_PROGRESS = "task_progress"
-TASK_RETRYING = "task_retrying"
-TASK_REVOKED = "task_revoked"
 QUEUE_STATUS = "queue_status"
 PONG = "pong"
 ERROR = "error"
@@ -27,47 +26,17 @@ RESYNC = "resync"
 # WebSocket close codes the server uses.
 CLOSE_GOING_AWAY = 1001   # server shutting down: reconnect (to another process)
 CLOSE_TOO_BIG = 1009      # inbound frame over the size limit (Tornado sends it)
+CLOSE_INTERNAL_ERROR = 1011  # the server failed to deliver to this socket: reconnect, resume
 CLOSE_SLOW = 4008         # the client did not read fast enough; its backlog was dropped
 
-# Stable error codes of `error` replies (PROTOCOL.md section 1).
+# Stable error codes of `error` replies (docs/protocol.md, section 2.4).
 INVALID_JSON = "invalid_json"
 NOT_AN_OBJECT = "not_an_object"
 BINARY_NOT_SUPPORTED = "binary_not_supported"
 MISSING_ACTION = "missing_action"
 UNKNOWN_ACTION = "unknown_action"
 INVALID_ARGUMENT = "invalid_argument"
-
-
-def task_started(task_id: str, avid: Any) -> dict:
-    return {"type": TASK_STARTED, "data": {"task_id": task_id, "avid": avid, "status": "started"}}
-
-
-def task_completed(task_id: str, avid: Any, message: str) -> dict:
-    return {"type": TASK_COMPLETED,
-            "data": {"task_id": task_id, "avid": avid, "status": "success", "message": message}}
-
-
-def task_failed(task_id: str, avid: Any, message: str) -> dict:
-    return {"type": TASK_FAILED,
-            "data": {"task_id": task_id, "avid": avid, "status": "failed", "message": message}}
-
-
-def task_retrying(task_id: str, avid: Any, message: str) -> dict:
-    return {"type": TASK_RETRYING,
-            "data": {"task_id": task_id, "avid": avid, "status": "retrying", "message": message}}
-
-
-def task_revoked(task_id: str, avid: Any, message: str) -> dict:
-    return {"type": TASK_REVOKED,
-            "data": {"task_id": task_id, "avid": avid, "status": "revoked", "message": message}}
-
-
-def task_progress(task_id: str, avid: Any, current: float, total: float, message: str) -> dict:
-    percent = round(100.0 * current / total, 1) if total else 0.0
-    return {"type": TASK_PROGRESS,
-            "data": {"task_id": task_id, "avid": avid, "status": "progress",
-                     "current": current, "total": total, "percent": percent,
-                     "message": message}}
+RESUME_IN_PROGRESS = "resume_in_progress"
 
 
 def queue_status(data: dict) -> dict:
@@ -94,15 +63,6 @@ def encode(message: dict) -> bytes:
 def frame(message: dict) -> bytes:
     """A message as one WebSocket text frame, ready to write to any client."""
     return text_frame(orjson.dumps(message))
-
-
-def safe_text(value: Any, limit: int = 1000) -> str:
-    """A short printable string for a reason or result: never raises."""
-    try:
-        text = value if isinstance(value, str) else str(value)
-    except Exception:  # a broken __str__ must not break event emission
-        text = repr(type(value))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # -- events relayed from Redis ------------------------------------------------
@@ -141,7 +101,7 @@ class Event:
 
 
 def parse_event(payload: bytes, stream_id: Optional[str] = None) -> Event:
-    """Parse one event as workers write it (PROTOCOL.md section 3).
+    """Parse one event as workers write it (docs/protocol.md, section 6).
 
     `payload` is the JSON of ``{"type", "data"}`` (history entries) or
     ``{"id", "type", "data"}`` (channel messages). `stream_id`, when given,

@@ -1,24 +1,25 @@
-"""Wiring: one settings object in, the hub, relay, poller and handlers out.
+"""Wiring: one `ServerConfig` in; the hub, relay, poller and heartbeat held together.
 
-`NotifyServer` owns every long-lived component and is handed to each handler
-(no globals). All its methods run on the event-loop thread.
+`NotifyServer` owns every long-lived component. The web layer (`handlers/`)
+is handed the one instance and asks it for what it shows; this package
+never imports the web layer or the settings module. All methods run on the
+event-loop thread.
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
-from typing import List, Optional, Set
+from typing import List, Optional, Set, Tuple
 
-import tornado.web
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-
-from handlers import routes
-from settings import Settings
+from tornado.iostream import IOStream
 
 from . import messages
+from .connection import Connection
 from .heartbeat import Heartbeat
 from .history import History
 from .hub import Hub
@@ -39,41 +40,53 @@ EMPTY_QUEUE = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
                "workers": [], "updated_at": None, "stale": True}
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """What the core needs to know, handed down by the entry point."""
+
+    redis_url: str
+    broker_url: str
+    events_channel: str
+    history_stream: str
+    subject_arg: str = "avid"
+    poll_interval: float = 2.0
+    inspect_timeout: float = 1.0
+    discovery_interval: float = 30.0
+    refresh_delay: float = 0.2
+    max_client_buffer: int = 1024 * 1024
+    ping_interval: float = 25.0
+    ping_timeout: float = 10.0
+
+
 class NotifyServer:
-    def __init__(self, settings: Settings):
-        if not settings.redis_url:
-            raise ValueError("NotifyServer needs settings.redis_url")
-        self.settings = settings
+    def __init__(self, config: ServerConfig):
+        self.config = config
         self.hub = Hub()
         self.queue = QueueState()
-        self.metrics = Metrics(open_connections=lambda: len(self.hub))
-        self.heartbeat = Heartbeat(settings.ping_interval, settings.ping_timeout)
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5.0,
+        # Every socket not yet CLOSED (open or closing): what shutdown waits for.
+        self._connections: Set[Connection] = set()
+        self.metrics = Metrics(open_connections=lambda: len(self._connections))
+        self.heartbeat = Heartbeat(config.ping_interval, config.ping_timeout)
+        self.redis = Redis.from_url(config.redis_url, socket_timeout=5.0,
                                     socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1))
-        self.history = History(self.redis, settings.history_stream)
-        self.relay = Relay(settings.redis_url, settings.events_channel, settings.history_stream,
+        self.history = History(self.redis, config.history_stream)
+        self.relay = Relay(config.redis_url, config.events_channel, config.history_stream,
                            on_events=self._on_events, on_resync=self._on_resync,
                            on_connected=self._on_redis_state,
                            on_invalid=self.metrics.dropped.labels("invalid").inc)
         self.poller = QueuePoller(
-            settings.effective_broker_url, self.queue, self._on_queue_change,
-            interval=settings.poll_interval, timeout=settings.inspect_timeout,
-            discovery_interval=settings.discovery_interval,
-            refresh_delay=settings.refresh_delay, subject_arg=settings.subject_arg,
+            config.broker_url, self.queue, self._on_queue_change,
+            interval=config.poll_interval, timeout=config.inspect_timeout,
+            discovery_interval=config.discovery_interval,
+            refresh_delay=config.refresh_delay, subject_arg=config.subject_arg,
             on_poll=self.metrics.poll)
         self._tasks: List[asyncio.Task] = []
-        self._all_closed: Optional[asyncio.Event] = None  # set by `forget` while stopping
+        self._all_closed: Optional[asyncio.Event] = None  # set by `_closed` while stopping
         self._resumes: Set[asyncio.Task] = set()  # running replays (a Task needs a reference)
         # The framed queue_status and the data it was built from (rebuilt when
         # a poll moved `updated_at`, so replies always carry the latest poll time).
         self._queue_frame: Optional[bytes] = None
         self._queue_frame_data: Optional[dict] = None
-
-    def application(self) -> tornado.web.Application:
-        return tornado.web.Application(
-            routes(self),
-            websocket_max_message_size=self.settings.max_message_size,
-        )
 
     async def start(self, subscribe_timeout: float = 5.0) -> None:
         """Start the relay and the poller. Returns once the events subscription
@@ -96,9 +109,10 @@ class NotifyServer:
         Tornado aborts the connections that do not.
         """
         self._all_closed = asyncio.Event()
-        if not len(self.hub):
+        if not self._connections:
             self._all_closed.set()
-        self.hub.close_all(messages.CLOSE_GOING_AWAY, "server shutting down")
+        for connection in tuple(self._connections):
+            connection.close(messages.CLOSE_GOING_AWAY, "server shutting down")
         await self.poller.stop()
         for task in self._tasks:
             task.cancel()
@@ -107,37 +121,41 @@ class NotifyServer:
         try:
             await asyncio.wait_for(self._all_closed.wait(), timeout)
         except asyncio.TimeoutError:
-            log.warning("%d client(s) did not close within %.1f s", len(self.hub), timeout)
+            log.warning("%d client(s) did not close within %.1f s", len(self._connections),
+                        timeout)
 
-    def forget(self, session: Session) -> None:
-        """A socket closed (or was closed as too slow): stop sending to it."""
-        self.hub.discard(session)
-        if self._all_closed is not None and not len(self.hub):
-            self._all_closed.set()
+    # -- one client socket ----------------------------------------------------
 
-    # -- what handlers ask for ----------------------------------------------
+    def connect(self, stream: IOStream, close_socket, peer: str) -> Tuple[Connection, Session]:
+        """A WebSocket just opened on `stream`: its `Connection` (state and
+        writes; `close_socket(code, reason)` is Tornado's close) and its
+        `Session`. The socket is pinged from now on; it receives nothing
+        until `join` or `start_resume`."""
+        session: Optional[Session] = None
 
-    @property
-    def ready(self) -> bool:
-        """Redis subscription up and the broker answered the last inspect poll.
+        def leave() -> None:
+            self.hub.discard(session)
+            self.heartbeat.discard(connection)
 
-        No worker answering makes `queue_status` stale but not the server
-        unready: another server process would not do better."""
-        return self.relay.connected and self.poller.broker_reachable is True
+        connection = Connection(stream, limit=self.config.max_client_buffer, peer=peer,
+                                close_socket=close_socket, on_leave=leave,
+                                on_closed=lambda: self._closed(connection),
+                                on_slow=self._slow_client_closed)
+        session = Session(connection.write, connection.close, self.metrics.delivered)
+        self._connections.add(connection)
+        self.heartbeat.add(connection)
+        return connection, session
 
-    def queue_status_frame(self) -> bytes:
-        """The framed `queue_status` for one client: the cached snapshot, or
-        empty lists marked stale when no poll has succeeded yet."""
-        data = self.queue.data()
-        if data is None:
-            return messages.frame(messages.queue_status(EMPTY_QUEUE))
-        if data != self._queue_frame_data:
-            self._queue_frame_data = data
-            self._queue_frame = messages.frame(messages.queue_status(data))
-        return self._queue_frame
+    def join(self, session: Session) -> None:
+        """Send the current `queue_status`, then every live event from now on."""
+        self._send_queue_status(session)
+        self.hub.add(session)
 
     def start_resume(self, session: Session, last_event_id: str) -> None:
-        """Run `resume` in the background for a session that is holding."""
+        """Replay the history after `last_event_id`, then a `queue_status`,
+        then go live; runs in the background. Live events wait meanwhile."""
+        session.hold()
+        self.hub.add(session)
         task = asyncio.get_running_loop().create_task(self.resume(session, last_event_id))
         self._resumes.add(task)
         task.add_done_callback(self._resumes.discard)
@@ -147,8 +165,8 @@ class NotifyServer:
 
         The session must already be holding live events (`Session.hold`).
         Sends `resync` first when the id is no longer (or never was) in the
-        history, or when the history cannot be read. Always releases the
-        session.
+        history, or when the history cannot be read. Always ends with the
+        current `queue_status` and releases the session.
         """
         replayed_up_to = None
         try:
@@ -164,14 +182,54 @@ class NotifyServer:
             session.send(messages.frame(messages.resync(
                 f"history unavailable ({type(exc).__name__}); reload your state")))
         finally:
+            self._send_queue_status(session)
             session.release(replayed_up_to)
+
+    def _closed(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+        if self._all_closed is not None and not self._connections:
+            self._all_closed.set()
+
+    def _slow_client_closed(self, dropped_bytes: int) -> None:
+        self.metrics.slow_disconnects.inc()
+        self.metrics.slow_dropped_bytes.inc(dropped_bytes)
+
+    # -- what handlers ask for ----------------------------------------------
+
+    def health(self) -> dict:
+        """Readiness and its parts: ``{"ready", "redis", "broker",
+        "queue_stale_reason", "clients"}``. Ready means the Redis subscription
+        is up and the broker answered the last inspect poll; no worker
+        answering makes `queue_status` stale but not the server unready
+        (another server process would not do better)."""
+        redis_up = self.relay.connected
+        broker_up = self.poller.broker_reachable is True
+        return {"ready": redis_up and broker_up, "redis": redis_up, "broker": broker_up,
+                "queue_stale_reason": self.queue.stale_reason,
+                "clients": len(self._connections)}
+
+    def queue_snapshot(self) -> Tuple[Optional[dict], Optional[str]]:
+        """The latest queue data (None before any poll succeeded) and why it
+        is stale (None when fresh)."""
+        return self.queue.data(), self.queue.stale_reason
+
+    def queue_status_frame(self) -> bytes:
+        """The framed `queue_status` for one client: the cached snapshot, or
+        empty lists marked stale when no poll has succeeded yet."""
+        data = self.queue.data()
+        if data is None:
+            return messages.frame(messages.queue_status(EMPTY_QUEUE))
+        if data != self._queue_frame_data:
+            self._queue_frame_data = data
+            self._queue_frame = messages.frame(messages.queue_status(data))
+        return self._queue_frame
 
     def pong_frame(self) -> bytes:
         return messages.frame(messages.pong(time.time()))
 
-    def slow_client_closed(self, dropped_bytes: int) -> None:
-        self.metrics.slow_disconnects.inc()
-        self.metrics.slow_dropped_bytes.inc(dropped_bytes)
+    def _send_queue_status(self, session: Session) -> None:
+        session.send(self.queue_status_frame())
+        self.metrics.sent_of(messages.QUEUE_STATUS).inc()
 
     # -- callbacks from the relay and poller ----------------------------------
 
@@ -191,4 +249,4 @@ class NotifyServer:
     def _on_queue_change(self, data: dict) -> None:
         self._queue_frame_data = data
         self._queue_frame = messages.frame(messages.queue_status(data))
-        self.metrics.sent_of(messages.QUEUE_STATUS).inc(self.hub.send_all(self._queue_frame))
+        self.metrics.sent_of(messages.QUEUE_STATUS).inc(self.hub.send_live(self._queue_frame))

@@ -6,7 +6,7 @@ callables and calls these methods on the event-loop thread only.
 
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .messages import Event, parse_stream_id
+from .messages import RESUME_IN_PROGRESS, Event, ProtocolError, parse_stream_id
 
 
 class Session:
@@ -73,9 +73,19 @@ class Session:
         """Events read from the history during a resume."""
         self._send_wanted(events)
 
+    @property
+    def holding(self) -> bool:
+        """True while a replay is being read (live events wait)."""
+        return self._held is not None
+
     def hold(self) -> None:
-        if self._held is None:
-            self._held = []
+        """Hold live events back while a replay is read; raises `ProtocolError`
+        (`resume_in_progress`) while another replay is still running, since
+        two replays on one socket could not be kept in order."""
+        if self._held is not None:
+            raise ProtocolError(RESUME_IN_PROGRESS, "a resume is already in progress; send the "
+                                "next one after its queue_status or resync arrived")
+        self._held = []
         self._update()
 
     def release(self, replayed_up_to: Optional[str]) -> None:

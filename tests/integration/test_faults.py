@@ -6,11 +6,9 @@ does not disturb them) and stops it; each is bounded by pytest-timeout.
 """
 
 import asyncio
-import base64
 import json
 import os
 import signal
-import socket
 import threading
 
 import psutil
@@ -22,6 +20,8 @@ from notify_server.embedded_redis import free_port
 from notify_server.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server, start_worker
+from tests.support.raw_ws import (OPCODE_CLOSE, raw_handshake, read_until_close_frame,
+                                  read_until_eof)
 from tests.support.tasks import submit, unique_avid
 from tests.support.waiting import eventually
 
@@ -93,46 +93,6 @@ async def test_redis_killed_and_restarted_mid_stream_loses_and_duplicates_nothin
     assert tracebacks == 0, server.log_path
 
 
-def raw_handshake(port: int, receive_buffer: int = 0) -> socket.socket:
-    """A peer that opens a WebSocket and then reads nothing and answers no ping."""
-    sock = socket.socket()
-    if receive_buffer:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws/tasks/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    assert b" 101 " in response.split(b"\r\n")[0]
-    return sock
-
-
-def read_until_close_frame(sock: socket.socket, timeout: float = 20.0) -> tuple:
-    """Drain a raw socket until a close frame arrives: (text frames seen, close code)."""
-    sock.settimeout(timeout)
-    buffer, texts = b"", 0
-    while True:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            raise AssertionError("connection ended without a close frame")
-        buffer += chunk
-        while len(buffer) >= 2:
-            opcode, length, offset = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
-            if length == 126:
-                length, offset = int.from_bytes(buffer[2:4], "big"), 4
-            elif length == 127:
-                length, offset = int.from_bytes(buffer[2:10], "big"), 10
-            if len(buffer) < offset + length:
-                break
-            payload, buffer = buffer[offset:offset + length], buffer[offset + length:]
-            if opcode == 0x8:
-                return texts, int.from_bytes(payload[:2], "big")
-            texts += opcode == 0x1
-
-
 async def test_a_reader_that_stops_reading_is_closed_with_4008_and_others_get_everything(
         redis_server):
     server, port = start_server(redis_server.url, env={"NOTIFY_MAX_CLIENT_BUFFER": "262144"},
@@ -179,18 +139,23 @@ async def test_a_reader_that_stops_reading_is_closed_with_4008_and_others_get_ev
 
 
 async def test_heartbeats_close_dead_peers_and_keep_live_ones(redis_server):
-    server, port = start_server(redis_server.url, env={"NOTIFY_PING_INTERVAL": "0.3",
-                                                        "NOTIFY_PING_TIMEOUT": "0.6"},
+    server, port = start_server(redis_server.url, env={"NOTIFY_PING_INTERVAL": "0.6",
+                                                        "NOTIFY_PING_TIMEOUT": "0.3"},
                                 name="server-heartbeat")
     try:
         live = await WsClient.connect(port)
+        # A live client reads all the time (a Tornado client answers pings only while it reads).
+        pong = asyncio.ensure_future(live.wait_for(lambda m: m["type"] == "pong", timeout=60))
         dead = raw_handshake(port)
         await eventually(lambda: get_json(port, "/readyz"), lambda r: r[1]["clients"] == 2)
 
         await eventually(lambda: get_json(port, "/readyz"), lambda r: r[1]["clients"] == 1)
 
+        frames = await asyncio.get_running_loop().run_in_executor(None, read_until_eof, dead)
+        assert frames[-1][0] == OPCODE_CLOSE  # and no frame after it
+        assert frames[-1][1][2:] == b"ping timeout"
         await live.send({"action": "ping"})
-        assert (await live.wait_for(lambda m: m["type"] == "pong"))["data"]["time"] > 0
+        assert (await pong)["data"]["time"] > 0
         assert live.close_code is None
         dead.close()
         live.close()

@@ -1,8 +1,9 @@
 import orjson
+import pytest
 
 from notify_server.framing import payloads, text_frame
 from notify_server.hub import Hub
-from notify_server.messages import Event
+from notify_server.messages import Event, ProtocolError
 from notify_server.session import Session
 
 
@@ -38,12 +39,15 @@ def test_hub_gives_every_session_the_same_bytes_in_one_write_per_batch():
     assert ids(first) == ["1-0", "2-0"] and ids(second) == ["1-0", "2-0", "3-0"]
 
 
-def test_close_all_closes_every_session_with_the_code():
-    hub, (first, a), (second, b) = Hub(), recorder(), recorder()
-    hub.add(a)
-    hub.add(b)
-    hub.close_all(1001, "bye")
-    assert first == [(1001, "bye")] and second == [(1001, "bye")]
+def test_queue_status_goes_to_live_sessions_and_not_to_those_replaying():
+    hub, (live_sent, live), (replaying_sent, replaying) = Hub(), recorder(), recorder()
+    hub.add(live)
+    hub.add(replaying)
+    replaying.hold()
+
+    assert hub.send_live(b"status") == 1
+    assert hub.send_all(b"resync") == 2
+    assert live_sent == [b"status", b"resync"] and replaying_sent == [b"resync"]
 
 
 def test_subscribed_session_only_gets_its_tasks():
@@ -92,3 +96,39 @@ def test_live_events_the_replay_already_read_are_dropped_after_release():
     assert ids(sent) == ["5-0", "6-0", "7-0", "8-0", "9-0"]
     assert session.takes_everything
 
+
+
+def test_a_session_that_raises_costs_the_others_nothing_and_is_closed_with_1011():
+    hub, healthy, closed = Hub(), [], []
+
+    def broken(data):
+        raise RuntimeError("a bug in one session's send")
+
+    for number in range(10):
+        if number % 2:
+            sent, session = recorder()
+            healthy.append(sent)
+        else:
+            session = Session(broken, lambda code, reason: closed.append(code))
+        hub.add(session)
+
+    assert hub.publish([event("1-0")]) == 5
+    assert hub.send_all(b"frame") == 5
+    hub.publish([event("2-0")])
+
+    assert all(ids(sent[:1] + sent[2:]) == ["1-0", "2-0"] and sent[1] == b"frame"
+               for sent in healthy)
+    assert closed == [1011] * 5 and len(hub) == 5
+
+
+def test_a_second_resume_while_one_replays_is_refused_and_changes_nothing():
+    sent, session = recorder()
+    session.hold()
+
+    with pytest.raises(ProtocolError) as refused:
+        session.hold()
+
+    assert refused.value.code == "resume_in_progress"
+    session.deliver([event("5-0")])
+    session.release("4-0")
+    assert ids(sent) == ["5-0"]

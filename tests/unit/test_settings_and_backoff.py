@@ -17,10 +17,32 @@ def test_every_setting_has_a_flag_and_a_field():
     assert {s.name for s in settings.SETTINGS} == fields
 
 
-def test_a_malformed_variable_is_a_clear_usage_error(capsys):
-    with pytest.raises(SystemExit):
-        settings.load([], {"NOTIFY_PORT": "eighty"})
-    assert "NOTIFY_PORT" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, environ, says", [
+    ([], {"NOTIFY_PORT": "eighty"}, "NOTIFY_PORT='eighty': must be an integer from 0 to 65535"),
+    (["--port", "70000"], {}, "--port='70000': must be an integer from 0 to 65535"),
+    ([], {"NOTIFY_PING_TIMEOUT": "-3"}, "NOTIFY_PING_TIMEOUT='-3': must be a number of seconds "
+                                        "greater than 0"),
+    ([], {"NOTIFY_MAX_CLIENT_BUFFER": "-1"}, "NOTIFY_MAX_CLIENT_BUFFER='-1': must be a whole "
+                                             "number of bytes greater than 0"),
+    ([], {"NOTIFY_MAX_MESSAGE_SIZE": "0"}, "NOTIFY_MAX_MESSAGE_SIZE='0': must be a whole"),
+    ([], {"NOTIFY_POLL_INTERVAL": "nan"}, "NOTIFY_POLL_INTERVAL='nan': must be a number"),
+    ([], {"NOTIFY_PING_INTERVAL": "5", "NOTIFY_PING_TIMEOUT": "10"},
+     "NOTIFY_PING_TIMEOUT=10: must be at most NOTIFY_PING_INTERVAL (5 s)"),
+    ([], {"NOTIFY_LOG_LEVEL": "chatty"}, "NOTIFY_LOG_LEVEL='chatty': must be one of DEBUG"),
+    ([], {"NOTIFY_ALLOWED_ORIGINS": " , "}, "NOTIFY_ALLOWED_ORIGINS=' , ': must be * or"),
+    ([], {"NOTIFY_DEMO": "maybe"}, "NOTIFY_DEMO='maybe': must be one of 1, true"),
+    ([], {"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379': must be a redis://"),
+])
+def test_a_value_that_is_not_allowed_is_refused_with_its_name_value_and_rule(argv, environ, says):
+    with pytest.raises(settings.SettingError) as refused:
+        settings.load(argv, environ)
+    assert str(refused.value).startswith(says)
+    assert "\n" not in str(refused.value)
+
+
+def test_ping_interval_zero_disables_heartbeats_whatever_the_timeout():
+    loaded = settings.load([], {"NOTIFY_PING_INTERVAL": "0"})
+    assert loaded.ping_interval == 0 and loaded.ping_timeout == 10.0
 
 
 def test_backoff_grows_to_its_cap_with_full_jitter_and_resets():

@@ -1,0 +1,67 @@
+"""The base of the JSON API endpoints: the seed's envelope for every answer and
+every error, and CORS for the allowed origins."""
+
+import tornado.web
+from tornado.httputil import responses
+
+from notify_server import messages
+
+from .origin import origin_allowed
+
+# Headers a browser may send cross-origin (Authorization for tokens, Content-Type for JSON).
+ALLOWED_HEADERS = "Authorization, Content-Type"
+PREFLIGHT_MAX_AGE = "600"
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """Answers ``{"code", "message", "data"}`` with `code` equal to the HTTP status.
+
+    Errors (404, 405, 500, ...) get the same envelope with ``data: null``,
+    never Tornado's HTML page. A request whose `Origin` is allowed
+    (`allowed_origins` in the application settings) gets
+    `Access-Control-Allow-Origin: <origin>` and `Vary: Origin`, on errors
+    too; `OPTIONS` answers the CORS preflight: 204 for an allowed origin,
+    403 in the envelope for another.
+    """
+
+    def set_default_headers(self) -> None:
+        # Runs in the constructor (before `initialize`) and again before an
+        # error page: only the request and the application exist here.
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Vary", "Origin")
+        origin = self.request.headers.get("Origin")
+        if origin and self.origin_allowed(origin):
+            self.set_header("Access-Control-Allow-Origin", origin)
+
+    def origin_allowed(self, origin: str) -> bool:
+        return origin_allowed(origin, self.application.settings["allowed_origins"])
+
+    def options(self, *args) -> None:
+        origin = self.request.headers.get("Origin")
+        if not origin or not self.origin_allowed(origin):
+            self.send_envelope(403, "origin not allowed", None)
+            return
+        self.set_header("Access-Control-Allow-Methods", "GET, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
+        self.set_header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE)
+        self.clear_header("Content-Type")
+        self.set_status(204)
+        self.finish()
+
+    def send_envelope(self, code: int, message: str, data) -> None:
+        self.set_status(code)
+        self.finish(messages.encode({"code": code, "message": message, "data": data}))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        reason = getattr(error, "reason", None) or responses.get(status_code, "error")
+        self.finish(messages.encode({"code": status_code, "message": reason.lower(),
+                                     "data": None}))
+
+
+class ApiNotFoundHandler(JsonHandler):
+    """Any other path under `/api/`: 404 in the envelope."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)

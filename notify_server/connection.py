@@ -1,0 +1,158 @@
+"""One client socket at the Tornado edge: whether it may still be written, and the writes.
+
+An adapter. It bypasses `WebSocketHandler.write_message` (which frames each
+message again and creates a Future and a Task per call) for the hot path;
+Tornado still writes its own control frames (pong, close) on the same
+stream, and frames are never split or interleaved. Only public IOStream
+calls (`closed`, `writing`, `write`) are used.
+"""
+
+import logging
+from typing import Callable, List
+
+from tornado.iostream import IOStream, StreamClosedError
+
+from .messages import CLOSE_GOING_AWAY, CLOSE_SLOW
+
+log = logging.getLogger(__name__)
+
+OPEN, CLOSING, CLOSED = "open", "closing", "closed"
+
+PING_FRAME = b"\x89\x00"  # final ping frame, empty payload
+
+
+class Connection:
+    """The state of one client socket, which gates every write to it.
+
+    OPEN: frames go out. CLOSING: the server decided to close (`close`, a
+    ping timeout, a slow client); Tornado writes the close frame and waits
+    for the peer's. CLOSED: the stream is gone (`lost`, or a write found it
+    closed). Leaving OPEN calls `on_leave()` exactly once, synchronously, so
+    the caller takes the socket out of the hub and the heartbeat before
+    anything else runs: after the server's close frame no data frame is
+    written (RFC 6455 section 5.5.1). Reaching CLOSED calls `on_closed()`
+    exactly once.
+
+    `write(data)` hands `data` (one or more complete frames) to the kernel at
+    once when the stream has nothing pending: no Future, no copy. What the
+    socket does not take goes to the IOStream; frames written while that is
+    draining wait in a backlog that follows in one write. When the backlog
+    passes `limit` bytes it is dropped, `on_slow(dropped_bytes)` is called
+    and the socket is closed with `CLOSE_SLOW` (4008). Memory per
+    client therefore stays under about twice `limit`, plus the kernel's
+    socket buffer. `write` never raises for a closed or failing socket.
+
+    Call on the event-loop thread only.
+    """
+
+    __slots__ = ("state", "peer", "awaiting_pong", "_stream", "_socket", "_limit",
+                 "_close_socket", "_on_leave", "_on_closed", "_on_slow",
+                 "_backlog", "_backlog_bytes", "_draining")
+
+    def __init__(self, stream: IOStream, *, limit: int, peer: str,
+                 close_socket: Callable[[int, str], None],
+                 on_leave: Callable[[], None], on_closed: Callable[[], None],
+                 on_slow: Callable[[int], None]):
+        self.state = OPEN
+        self.peer = peer
+        self.awaiting_pong = False  # set by the heartbeat, cleared by `pong`
+        self._stream = stream
+        # TLS streams must encrypt through the IOStream; plain ones may take the fast path.
+        self._socket = stream.socket if type(stream) is IOStream else None
+        self._limit = limit
+        self._close_socket = close_socket
+        self._on_leave, self._on_closed, self._on_slow = on_leave, on_closed, on_slow
+        self._backlog: List[bytes] = []
+        self._backlog_bytes = 0
+        self._draining = False
+
+    def write(self, data: bytes) -> None:
+        # The hot path of every broadcast: a few attribute reads, two calls and one send.
+        if self.state is not OPEN:
+            return
+        if self._draining:
+            self._backlog.append(data)
+            self._backlog_bytes += len(data)
+            if self._backlog_bytes > self._limit:
+                self._overflow()
+            return
+        stream = self._stream
+        if stream.closed():
+            # Tornado closed the stream and will call on_close on a later loop turn.
+            self.lost()
+            return
+        sent = 0
+        if self._socket is not None and not stream.writing():
+            try:
+                sent = self._socket.send(data)
+            except OSError:
+                # Would block, or the peer is gone: the IOStream takes the bytes,
+                # or meets the same error and closes the stream.
+                sent = 0
+            if sent == len(data):
+                return
+        self._hand_to_stream(memoryview(data)[sent:] if sent else data)
+
+    def close(self, code: int, reason: str) -> None:
+        """Decide to close: leave OPEN, flush the backlog, then Tornado's close frame.
+
+        Does nothing unless OPEN."""
+        if self.state is not OPEN:
+            return
+        self.state = CLOSING
+        self._on_leave()
+        if self._backlog and not self._stream.closed():
+            data = b"".join(self._backlog)
+            self._backlog, self._backlog_bytes = [], 0
+            self._hand_to_stream(data)
+        self._close_socket(code, reason)
+
+    def lost(self) -> None:
+        """The stream is closed (Tornado's on_close, or found closed): forget it."""
+        if self.state is CLOSED:
+            return
+        was_open = self.state is OPEN
+        self.state = CLOSED
+        self._backlog, self._backlog_bytes = [], 0
+        if was_open:
+            self._on_leave()
+        self._on_closed()
+
+    # -- heartbeat (see `heartbeat.Heartbeat`) --------------------------------
+
+    def send_ping(self) -> None:
+        self.write(PING_FRAME)
+
+    def pong(self) -> None:
+        self.awaiting_pong = False
+
+    def ping_timed_out(self) -> None:
+        if self.state is OPEN:
+            log.info("closing %s: no pong to the last ping", self.peer)
+            self.close(CLOSE_GOING_AWAY, "ping timeout")
+
+    # -- writes the socket did not take at once --------------------------------
+
+    def _hand_to_stream(self, data) -> None:
+        try:
+            future = self._stream.write(data)
+        except StreamClosedError:
+            self.lost()
+            return
+        self._draining = True
+        future.add_done_callback(self._drained)
+
+    def _drained(self, future) -> None:
+        self._draining = False
+        if future.exception() is not None or not self._backlog or self.state is not OPEN:
+            return
+        data = b"".join(self._backlog)
+        self._backlog, self._backlog_bytes = [], 0
+        self._hand_to_stream(data)
+
+    def _overflow(self) -> None:
+        dropped = self._backlog_bytes
+        self._backlog, self._backlog_bytes = [], 0
+        self._on_slow(dropped)
+        log.warning("closing slow client %s: more than %d bytes unsent", self.peer, self._limit)
+        self.close(CLOSE_SLOW, "slow client: outgoing buffer full")

@@ -1,0 +1,133 @@
+"""The edge between the broadcast fast path and Tornado, on the real server.
+
+Once the server decides to close a socket it writes nothing but the close
+frame; a client that drops its TCP connection costs the others nothing; every
+new socket starts with the current `queue_status`.
+"""
+
+import asyncio
+import json
+
+import redis
+
+from notify_server import messages
+from notify_server.emitter import Emitter
+from tests.support.client import WsClient, of_task, queue_status_where
+from tests.support.processes import start_server
+from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_TEXT, raw_handshake, read_until_eof,
+                                  reset)
+from tests.support.tasks import submit, unique_avid
+
+
+def progress(tag: str, number: int) -> dict:
+    return messages.task_progress(f"{tag}-{number}", tag, number, 1_000_000, "")
+
+
+def numbers(client: WsClient, tag: str) -> list:
+    return [m["data"]["current"] for m in client.received
+            if m["type"] == "task_progress" and m["data"]["avid"] == tag]
+
+
+async def test_after_a_ping_timeout_close_frame_no_data_frame_follows(redis_server):
+    server, port = start_server(redis_server.url, env={"NOTIFY_PING_INTERVAL": "0.5",
+                                                        "NOTIFY_PING_TIMEOUT": "0.3"},
+                                name="server-ping-timeout")
+    try:
+        dead = raw_handshake(port)  # never answers a ping
+        loop = asyncio.get_running_loop()
+        frames = loop.run_in_executor(None, read_until_eof, dead)
+        emitter = Emitter(redis_server.url)
+        number = 0
+        while not frames.done():  # an event every 50 ms until the server drops the peer
+            emitter.emit(progress("PINGTO", number))
+            number += 1
+            await asyncio.sleep(0.05)
+        seen = await frames
+        dead.close()
+
+        opcodes = [opcode for opcode, _ in seen]
+        assert OPCODE_CLOSE in opcodes, opcodes
+        close_at = opcodes.index(OPCODE_CLOSE)
+        code, reason = int.from_bytes(seen[close_at][1][:2], "big"), seen[close_at][1][2:]
+        assert (code, reason) == (messages.CLOSE_GOING_AWAY, b"ping timeout")
+        assert OPCODE_TEXT in opcodes[:close_at]
+        assert [op for op in opcodes[close_at + 1:]] == []
+        assert sum("no pong" in line for line in server.output) == 1
+    finally:
+        assert server.stop() == 0
+
+
+async def test_clients_that_reset_their_connections_cost_the_others_nothing(redis_server):
+    server, port = start_server(redis_server.url, name="server-resets")
+    try:
+        healthy = [await WsClient.connect(port) for _ in range(40)]
+        dropping = [raw_handshake(port) for _ in range(150)]
+        emitter = Emitter(redis_server.url)
+        total = 1500
+        for number in range(total):
+            emitter.emit(progress("RESET", number))
+            if number % 10 == 0 and dropping:
+                reset(dropping.pop())
+                await asyncio.sleep(0)  # let the server see the reset between events
+
+        for client in healthy:
+            await client.wait_for(lambda m: m["type"] == "task_progress"
+                                  and m["data"]["avid"] == "RESET"
+                                  and m["data"]["current"] == total - 1, timeout=30)
+            assert numbers(client, "RESET") == list(range(total))
+            client.close()
+        assert not any("Traceback" in line for line in server.output), server.log_path
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_new_socket_gets_the_current_queue_status_first_on_a_quiet_queue(
+        server_port, producer):
+    watcher = await WsClient.connect(server_port)
+    task_id = submit(producer, unique_avid("QUIET"), seconds=4)
+    await watcher.wait_for(queue_status_where(
+        lambda d: task_id in [t["task_id"] for t in d["active_tasks"]]))
+
+    late = await WsClient.connect(server_port)
+    first = await late.next()
+
+    assert first["type"] == "queue_status"
+    assert task_id in [t["task_id"] for t in first["data"]["active_tasks"]]
+    await late.wait_for(of_task(task_id, "task_completed"))
+    watcher.close()
+    late.close()
+
+
+async def test_a_resumed_socket_gets_the_replay_then_queue_status_then_live_events(redis_server):
+    server, port = start_server(redis_server.url, name="server-resume-order")
+    try:
+        emitter = Emitter(redis_server.url)
+        for number in range(4):
+            emitter.emit(progress("ORDER", number))
+        history = redis.Redis.from_url(redis_server.url)
+        first_id = history.xrevrange("notify:events:history", count=4)[-1][0].decode()
+        history.close()
+
+        client = await WsClient.connect(port, query=f"last_event_id={first_id}")
+        replayed = [await client.next() for _ in range(3)]
+        status = await client.next()
+        emitter.emit(progress("ORDER", 4))
+        live = await client.wait_for(lambda m: m["type"] == "task_progress")
+
+        assert [m["data"]["current"] for m in replayed] == [1, 2, 3]
+        assert status["type"] == "queue_status"
+        assert live["data"]["current"] == 4
+        client.close()
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_bad_resume_id_gets_queue_status_then_an_error_and_stays_open(server_port):
+    client = await WsClient.connect(server_port, query="last_event_id=yesterday")
+
+    assert (await client.next())["type"] == "queue_status"
+    error = await client.next()
+    assert error["type"] == "error" and error["data"]["code"] == messages.INVALID_ARGUMENT
+    await client.send(json.dumps({"action": "ping"}))
+    assert (await client.wait_for(lambda m: m["type"] in ("pong", "error")))["type"] == "pong"
+    client.close()

@@ -1,0 +1,69 @@
+"""What a person sees when the server cannot start, and what an API client
+sees for a path or method that does not exist."""
+
+import json
+import socket
+import subprocess
+import sys
+
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.support.processes import ROOT
+
+
+def run_server(*flags: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_port_in_use_is_one_line_naming_the_address_and_exit_code_2(redis_server):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_server("--host", "127.0.0.1", "--port", str(port),
+                            env={"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"})
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"run.py: error: cannot listen on 127.0.0.1:{port}: the address is already in use "
+        "(another notify-server?); stop that process or choose another port with --port or "
+        "NOTIFY_PORT"]
+    assert "Traceback" not in result.stdout
+
+
+def test_a_setting_that_is_not_allowed_is_one_line_and_exit_code_2(redis_server):
+    for name, value, rule in [("NOTIFY_PORT", "eighty", "must be an integer from 0 to 65535"),
+                              ("NOTIFY_PING_TIMEOUT", "-3", "must be a number of seconds"),
+                              ("NOTIFY_MAX_CLIENT_BUFFER", "-1", "must be a whole number")]:
+        result = run_server(env={"REDIS_URL": redis_server.url, name: value})
+
+        assert result.returncode == 2, result
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"run.py: error: {name}={value!r}: {rule}"), line
+        assert "listening" not in result.stdout
+
+
+async def fetch(port: int, path: str, **options):
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}",
+                                             raise_error=False, **options)
+    return response.code, response.headers, json.loads(response.body)
+
+
+async def test_api_errors_answer_the_json_envelope_not_an_html_page(server_port):
+    code, headers, body = await fetch(server_port, "/api/tasks/nothing-here")
+    assert (code, body) == (404, {"code": 404, "message": "not found", "data": None})
+    assert headers["Content-Type"].startswith("application/json")
+
+    code, _, body = await fetch(server_port, "/api/tasks/queue/status", method="POST",
+                                body=b"{}")
+    assert (code, body) == (405, {"code": 405, "message": "method not allowed", "data": None})
+
+
+async def test_a_cross_origin_get_is_answered_with_cors_headers(server_port):
+    code, headers, body = await fetch(server_port, "/api/tasks/queue/status",
+                                      headers={"Origin": "http://localhost:5173"})
+
+    assert code in (200, 503) and body["code"] == code
+    assert headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
+    assert "Origin" in headers["Vary"]

@@ -1,0 +1,80 @@
+"""A raw WebSocket peer on a plain socket: it reads nothing it is not asked to,
+answers no ping, and sees every frame the server sends, close frames included."""
+
+import base64
+import os
+import socket
+import struct
+from typing import List, Tuple
+
+OPCODE_TEXT, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x8, 0x9
+
+
+def raw_handshake(port: int, receive_buffer: int = 0, query: str = "") -> socket.socket:
+    """Open a WebSocket to /ws/tasks/ and return the socket right after the 101."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    path = "/ws/tasks/" + (f"?{query}" if query else "")
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response.split(b"\r\n")[0], response
+    return sock
+
+
+def reset(sock: socket.socket) -> None:
+    """Drop the connection with a TCP RST, as a phone losing its network does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def split_frames(buffer: bytes) -> Tuple[List[Tuple[int, bytes]], bytes]:
+    """The complete unmasked frames at the start of `buffer`, and the rest."""
+    frames = []
+    while len(buffer) >= 2:
+        opcode, length, offset = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+        if length == 126:
+            length, offset = int.from_bytes(buffer[2:4], "big"), 4
+        elif length == 127:
+            length, offset = int.from_bytes(buffer[2:10], "big"), 10
+        if len(buffer) < offset + length:
+            break
+        frames.append((opcode, buffer[offset:offset + length]))
+        buffer = buffer[offset + length:]
+    return frames, buffer
+
+
+def read_until_close_frame(sock: socket.socket, timeout: float = 20.0) -> Tuple[int, int]:
+    """Drain a raw socket until a close frame arrives: (text frames seen, close code)."""
+    sock.settimeout(timeout)
+    buffer, texts = b"", 0
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise AssertionError("connection ended without a close frame")
+        frames, buffer = split_frames(buffer + chunk)
+        for opcode, payload in frames:
+            if opcode == OPCODE_CLOSE:
+                return texts, int.from_bytes(payload[:2], "big")
+            texts += opcode == OPCODE_TEXT
+
+
+def read_until_eof(sock: socket.socket, timeout: float = 30.0) -> List[Tuple[int, bytes]]:
+    """Every frame the server sends until it ends the TCP connection."""
+    sock.settimeout(timeout)
+    buffer, frames = b"", []
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return frames
+        complete, buffer = split_frames(buffer + chunk)
+        frames.extend(complete)

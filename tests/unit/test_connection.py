@@ -1,0 +1,106 @@
+"""Connection on a real Tornado IOStream over a socket pair (no server)."""
+
+import socket
+
+from tornado.iostream import IOStream
+
+from notify_server.connection import CLOSED, CLOSING, OPEN, Connection
+from notify_server.framing import payloads, text_frame
+from notify_server.messages import CLOSE_SLOW
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+class Recorder:
+    """The callbacks a Connection makes, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def connect(self, stream: IOStream, limit: int = 1 << 20) -> Connection:
+        return Connection(
+            stream, limit=limit, peer="peer",
+            close_socket=lambda code, reason: self.calls.append(("close", code, reason)),
+            on_leave=lambda: self.calls.append(("leave",)),
+            on_closed=lambda: self.calls.append(("closed",)),
+            on_slow=lambda dropped: self.calls.append(("slow", dropped)))
+
+
+async def test_frames_the_socket_takes_go_straight_out_in_order(io_loop):
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    recorder = Recorder()
+    connection = recorder.connect(IOStream(ours))
+
+    for number in range(3):
+        connection.write(text_frame(b'{"n":%d}' % number))
+
+    assert payloads(read_all(peer)) == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert recorder.calls == [] and connection.state == OPEN
+
+
+async def test_a_reader_that_stops_overflows_once_is_closed_with_4008_and_nothing_more_is_written(
+        io_loop):
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setblocking(False)
+    recorder = Recorder()
+    connection = recorder.connect(IOStream(ours), limit=64 * 1024)
+    frame = text_frame(b"x" * 1000)
+
+    for _ in range(2000):  # about 2 MB into a peer that reads nothing
+        connection.write(frame)
+
+    [slow] = [call for call in recorder.calls if call[0] == "slow"]
+    assert slow[1] > 64 * 1024
+    assert recorder.calls[1:] == [("leave",), ("close", CLOSE_SLOW,
+                                               "slow client: outgoing buffer full")]
+    assert connection.state == CLOSING
+    received = payloads(read_all(peer))[:-1]  # the last frame may be cut mid-way
+    assert 0 < len(received) < 2000 and all(p == b"x" * 1000 for p in received)
+
+
+async def test_a_write_after_the_stream_closed_neither_raises_nor_writes_and_forgets_the_socket(
+        io_loop):
+    ours, _peer = socket.socketpair()
+    stream = IOStream(ours)
+    recorder = Recorder()
+    connection = recorder.connect(stream)
+    stream.close()  # Tornado calls on_close only on a later loop turn
+
+    connection.write(text_frame(b"{}"))
+    connection.write(text_frame(b"{}"))
+    connection.lost()  # ... which then arrives
+
+    assert connection.state == CLOSED
+    assert recorder.calls == [("leave",), ("closed",)]
+
+
+async def test_once_closing_nothing_but_the_close_frame_is_written(io_loop):
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    recorder = Recorder()
+    connection = recorder.connect(IOStream(ours))
+    connection.write(text_frame(b'{"before":1}'))
+
+    connection.close(1001, "ping timeout")
+    connection.write(text_frame(b'{"after":1}'))
+    connection.send_ping()
+    connection.close(1001, "again")
+    connection.ping_timed_out()
+
+    assert payloads(read_all(peer)) == [b'{"before":1}']
+    assert recorder.calls == [("leave",), ("close", 1001, "ping timeout")]
+    connection.lost()
+    connection.lost()
+    assert recorder.calls[2:] == [("closed",)] and connection.state == CLOSED
