@@ -31,6 +31,10 @@ from notify_server.server import NotifyServer
 
 log = logging.getLogger("notify_server")
 
+# Seconds the demo worker gets for Celery's cold shutdown before its process
+# group (pool children included) is killed: it is a demo, its tasks may be lost.
+DEMO_GRACE = 1.0
+
 
 async def serve(settings: settings_module.Settings, sockets: List[socket.socket],
                 on_stopping: Callable[[], None]) -> None:
@@ -100,11 +104,16 @@ def stop_demo(processes: list) -> None:
 
 
 def wait_or_kill(processes: list, deadline: float) -> None:
+    """Wait for each process until `deadline`, then SIGKILL its process group
+    (each child leads its own, see `children.start`)."""
     for process in processes:
         try:
-            process.wait(timeout=max(0.5, deadline - time.monotonic()))
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             process.wait()
 
 
@@ -118,10 +127,10 @@ def main(argv=None) -> int:
     sockets = listen(settings)
     embedded = None
     demo = []
-    deadline = [float("inf")]  # when shutdown began, plus the shutdown timeout
+    demo_deadline = [float("inf")]  # when shutdown began, plus DEMO_GRACE
 
     def stopping() -> None:
-        deadline[0] = time.monotonic() + settings.shutdown_timeout
+        demo_deadline[0] = time.monotonic() + DEMO_GRACE
         stop_demo(demo)
 
     try:
@@ -135,7 +144,7 @@ def main(argv=None) -> int:
         asyncio.run(serve(settings, sockets, stopping))
     finally:
         stop_demo(demo)
-        wait_or_kill(demo, min(deadline[0], time.monotonic() + settings.shutdown_timeout))
+        wait_or_kill(demo, min(demo_deadline[0], time.monotonic() + DEMO_GRACE))
         if embedded is not None:
             embedded.stop()
     return 0
