@@ -13,4 +13,4 @@ class MetricsHandler(tornado.web.RequestHandler):
 
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(self.server.metrics.exposition())
+        self.finish(self.server.metrics_text())

@@ -72,4 +72,4 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
 
     def _reply(self, kind: str, frame: bytes) -> None:
         self.connection.write(frame)
-        self.server.metrics.sent_of(kind).inc()
+        self.server.count_sent(kind)

@@ -227,9 +227,17 @@ class NotifyServer:
     def pong_frame(self) -> bytes:
         return messages.frame(messages.pong(time.time()))
 
+    def count_sent(self, kind: str) -> None:
+        """Count one message of type `kind` a handler sent itself (a reply)."""
+        self.metrics.sent_of(kind).inc()
+
+    def metrics_text(self) -> bytes:
+        """This process's metrics in the Prometheus text format."""
+        return self.metrics.exposition()
+
     def _send_queue_status(self, session: Session) -> None:
         session.send(self.queue_status_frame())
-        self.metrics.sent_of(messages.QUEUE_STATUS).inc()
+        self.count_sent(messages.QUEUE_STATUS)
 
     # -- callbacks from the relay and poller ----------------------------------
 

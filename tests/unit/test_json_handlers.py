@@ -1,0 +1,35 @@
+"""The JSON API's errors, on a real Tornado server in this process whose core
+object fails on purpose (the only way to see a 500 from outside)."""
+
+import json
+
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from handlers import make_application
+
+
+class BrokenServer:
+    def queue_snapshot(self):
+        raise RuntimeError("a bug behind the endpoint")
+
+
+async def test_an_internal_error_on_the_api_is_the_json_envelope_with_cors(io_loop):
+    application = make_application(BrokenServer(), allowed_origins=("http://app.test",),
+                                   max_message_size=1024)
+    [sock] = bind_sockets(0, "127.0.0.1")
+    http_server = HTTPServer(application)
+    http_server.add_sockets([sock])
+    try:
+        response = await AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{sock.getsockname()[1]}/api/tasks/queue/status",
+            headers={"Origin": "http://app.test"}, raise_error=False)
+    finally:
+        http_server.stop()
+
+    assert response.code == 500
+    assert json.loads(response.body) == {"code": 500, "message": "internal server error",
+                                         "data": None}
+    assert response.headers["Access-Control-Allow-Origin"] == "http://app.test"
+    assert response.headers["Content-Type"].startswith("application/json")
