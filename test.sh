@@ -11,4 +11,11 @@ if ! command -v chromium >/dev/null || ! test -x /usr/sbin/nginx; then
 fi
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+# The seed's Vue and React components, built by tests/browser/test_seed_clients.py
+# with Vite 7, which needs Node.js 20.19 or newer (the machine's; Debian's is older).
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' 2>/dev/null; then
+    echo "test.sh: the browser tests need Node.js 20.19 or newer with npm on PATH" >&2
+    exit 1
+fi
+npm ci --prefix tests/browser/seed_apps --no-audit --no-fund --loglevel=error
 exec .venv/bin/python -m pytest "$@"
