@@ -16,10 +16,13 @@ import signal
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, FrozenSet, List, Optional, Tuple
+from typing import Callable, FrozenSet, List, Optional, Tuple, Type
 
 from celery import Celery
+from kombu import Connection
+from kombu.exceptions import OperationalError
 
+from .poll_outcome import classify_failure, judge
 from .queue_status import QueueState, Replies, normalise
 
 log = logging.getLogger(__name__)
@@ -57,8 +60,36 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
+def broker_errors(broker_url: str) -> Tuple[Type[BaseException], ...]:
+    """What the inspect calls raise when the broker cannot be reached.
+
+    kombu's `OperationalError` (a failed connect), `OSError` (sockets,
+    timeouts) and the transport's own connection errors (redis-py's
+    `ConnectionError`, `TimeoutError`, ... for Redis), minus `KeyError`, which
+    kombu's Redis transport lists for an old redis-py quirk and which here is
+    far likelier a bug. Builds no connection. A transport that cannot be
+    loaded (unknown scheme, missing library) is logged here, once: every
+    poll will then fail, with that error in its traceback.
+    """
+    try:
+        with Connection(broker_url) as connection:
+            transport_errors = connection.connection_errors
+    except (KeyError, ImportError) as exc:
+        log.error("cannot load the Celery broker transport: %s: %s", type(exc).__name__, exc)
+        transport_errors = ()
+    errors = (OperationalError, OSError,
+              *(error for error in transport_errors if not issubclass(error, LookupError)))
+    return tuple(dict.fromkeys(errors))
+
+
 def _inspect(destination: Optional[List[str]], timeout: float) -> Tuple[Replies, Replies, Replies]:
-    """Runs in the helper process: the three inspect calls, as plain dicts."""
+    """Runs in the helper process: the three inspect calls, as plain dicts.
+
+    With `limit`, kombu stops after that many reply *messages*, a late reply
+    to an earlier call included: a reply slower than `timeout` can cost the
+    next call its answer. `judge` treats that like any other part-answered
+    poll.
+    """
     limit = len(destination) if destination else None
     inspect = _inspect_app.control.inspect(timeout=timeout, destination=destination, limit=limit)
     return inspect.active(), inspect.scheduled(), inspect.reserved()
@@ -73,8 +104,10 @@ class QueuePoller:
     they all answered; every `discovery_interval` a poll waits the full
     timeout to find workers that joined. `on_change(data)` is called on the
     event loop when the snapshot or its staleness changed; `on_poll(seconds,
-    error or None)` after every poll. Failures are logged once per outage and
-    never propagate.
+    error or None)` after every poll. A poll in which a worker answered only
+    some calls is repeated at once (see `poll_outcome.judge`). Failures are
+    logged once per outage (a bug's traceback once per kind of bug) and never
+    propagate; only broker errors count as the broker being unreachable.
     """
 
     def __init__(self, broker_url: str, state: QueueState, on_change: Callable[[dict], None],
@@ -86,11 +119,14 @@ class QueuePoller:
         self._interval, self._timeout = interval, timeout
         self._discovery_interval, self._refresh_delay = discovery_interval, refresh_delay
         self._subject_arg = subject_arg
+        self._broker_errors = broker_errors(broker_url)
         self._executor = self._new_executor()
         self._known: FrozenSet[str] = frozenset()
+        self._partial: FrozenSet[str] = frozenset()
         self._last_discovery = float("-inf")
         self._in_flight: Optional[asyncio.Future] = None
         self._again = False
+        self._stopped = False
         self._refresh: Optional[asyncio.TimerHandle] = None
         self._ticker: Optional[asyncio.Task] = None
         self.failures = 0
@@ -101,7 +137,9 @@ class QueuePoller:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def stop(self) -> None:
-        for handle in (self._ticker, self._refresh):
+        """Stop polling for good: no poll starts after this, the one in flight is cancelled."""
+        self._stopped = True
+        for handle in (self._ticker, self._refresh, self._in_flight):
             if handle is not None:
                 handle.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -128,6 +166,8 @@ class QueuePoller:
             await asyncio.sleep(self._interval)
 
     def poll_soon(self) -> None:
+        if self._stopped:
+            return
         if self._in_flight is not None:
             self._again = True
             return
@@ -152,35 +192,46 @@ class QueuePoller:
             self._executor = self._new_executor()
             self._failed("the inspect process died; restarted it", started)
             return
-        except Exception as exc:  # any Celery/kombu failure: the broker is unreachable
-            self.broker_reachable = False
-            self._failed(f"broker unreachable: {type(exc).__name__}: {exc}", started)
+        except Exception as exc:
+            failure = classify_failure(exc, self._broker_errors)
+            if failure.broker_down:
+                self.broker_reachable = False
+            self._failed(failure.reason, started, bug=None if failure.broker_down else exc)
             return
         self.broker_reachable = True
-        snapshot = normalise(*replies, subject_arg=self._subject_arg)
-        responders = frozenset(snapshot["workers"])
-        if not responders:
-            self._known = frozenset()
-            self._failed("no Celery worker answered the inspect poll", started)
+        try:
+            verdict = judge(replies, self._partial)
+            snapshot = (normalise(*replies, subject_arg=self._subject_arg)
+                        if verdict.publish else None)
+        except Exception as exc:  # in our own pure code: never a broker error
+            self._failed(classify_failure(exc, ()).reason, started, bug=exc)
             return
-        self._known = responders
-        if any(set(reply or {}) != responders for reply in replies):
-            # A worker answered some calls and not others (it died or stalled
-            # mid-poll): the lists would be half true. Keep the last good ones.
-            self._failed("a worker answered only part of the inspect poll", started)
+        self._known, self._partial = verdict.ask, verdict.partial
+        if verdict.stale_reason is not None:
+            self._failed(verdict.stale_reason, started)
             return
         if discovering:
             self._last_discovery = loop.time()
+        self._on_poll(time.monotonic() - started, None)
+        if verdict.poll_again:
+            log.debug("worker(s) %s answered only part of the inspect poll; polling again",
+                      ", ".join(sorted(verdict.partial)))
+            self._again = True
+            return
         if self.failures:
             log.info("inspect poll recovered after %d failure(s)", self.failures)
         self.failures = 0
-        self._on_poll(time.monotonic() - started, None)
         if self._state.update(snapshot, time.time()):
             self._on_change(self._state.data())
 
-    def _failed(self, reason: str, started: float) -> None:
+    def _failed(self, reason: str, started: float, bug: Optional[BaseException] = None) -> None:
         self._on_poll(time.monotonic() - started, reason)
-        if self.failures == 0:
+        if bug is not None:
+            if self.failures == 0 or reason != self._state.stale_reason:
+                # The chain includes the helper process's traceback (`__cause__`).
+                log.error("inspect poll failed: a bug in notify-server, please report it; "
+                          "the queue snapshot is stale until a poll succeeds", exc_info=bug)
+        elif self.failures == 0:
             log.warning("queue snapshot is stale: %s", reason)
         self.failures += 1
         if self._state.mark_failed(reason):

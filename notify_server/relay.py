@@ -2,6 +2,8 @@
 
 An adapter around redis.asyncio. It owns no client state; it calls
 `on_events(batch)` with every event, once, in stream order, on the event loop.
+Which events are new, where a gap fill starts and when clients must resync
+are `relay_cursor.RelayCursor`'s rules; this module does the Redis I/O.
 """
 
 import asyncio
@@ -15,11 +17,11 @@ from redis.exceptions import RedisError
 
 from .backoff import Backoff
 from .history import History
-from .messages import Event, InvalidEvent, parse_event, parse_stream_id
+from .messages import Event, InvalidEvent, parse_event
+from .relay_cursor import RelayCursor
 
 log = logging.getLogger(__name__)
 
-START = "0-0"
 # Messages relayed as one batch at most: bounds the latency of the first.
 MAX_BATCH = 1000
 # A quiet channel is fine: wake up this often to let redis-py send its health
@@ -30,10 +32,10 @@ IDLE_WAKEUP = 10.0
 class Relay:
     """Subscribes to the events channel and relays every event to `on_events`.
 
-    Guarantees, for events written per PROTOCOL.md section 3 (with an id):
-    each is passed to `on_events` at most once and in stream order. Messages
-    already waiting on the connection are passed as one batch. When the
-    subscription drops, `run` reconnects with backoff and first relays, from
+    Guarantees for events with an id (written per docs/protocol.md, "Redis"
+    section): each is passed to `on_events` at most once and in stream order.
+    Messages already waiting on the connection are passed as one batch. When
+    the subscription drops, `run` reconnects with backoff and first relays, from
     the history, every event after the last id it relayed; if the history no
     longer holds that id, `on_resync(reason)` is called before the rest.
     Events published without an id are relayed live only.
@@ -51,8 +53,7 @@ class Relay:
         self._url, self._channel, self._stream = redis_url, channel, stream
         self._on_events, self._on_resync, self._on_connected = on_events, on_resync, on_connected
         self._on_invalid = on_invalid
-        self._last_id: Optional[str] = None
-        self._last_key = (0, 0)
+        self._cursor = RelayCursor()
         self._backoff = Backoff(base=0.1, cap=3.0)
         self.connected = False
         self.subscribed_once = asyncio.Event()
@@ -76,8 +77,8 @@ class Relay:
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
             history = History(redis, self._stream)
-            if self._last_id is None:
-                self._advance(await _history_end(redis, self._stream))
+            if not self._cursor.started:
+                self._cursor.start_after(await _newest_id(redis, self._stream))
             await pubsub.subscribe(self._channel)
             missed = await self._fill_gap(history)
             self._set_connected(True, missed)
@@ -98,11 +99,11 @@ class Relay:
 
     async def _fill_gap(self, history: History) -> int:
         missed = 0
-        if self._last_id != START and not await history.contains(self._last_id):
-            self._on_resync(f"the history no longer holds event {self._last_id}; "
-                            "some events were lost, reload your state")
-        async for stored in history.after(self._last_id):
-            batch = [event for event in stored if self._is_new(event)]
+        lost = self._cursor.lost_events(await history.contains(self._cursor.last_id))
+        if lost is not None:
+            self._on_resync(lost)
+        async for stored in history.after(self._cursor.last_id):
+            batch = self._cursor.new_events(stored)
             if batch:
                 missed += len(batch)
                 self._on_events(batch)
@@ -115,19 +116,8 @@ class Relay:
             log.warning("ignoring malformed message on %s: %s", self._channel, exc)
             self._on_invalid()
             return
-        if self._is_new(event):
+        if self._cursor.is_new(event):
             batch.append(event)
-
-    def _is_new(self, event: Event) -> bool:
-        """True for an event not relayed before; records its id as the newest."""
-        if event.key is not None:
-            if event.key <= self._last_key:
-                return False
-            self._last_id, self._last_key = event.id, event.key
-        return True
-
-    def _advance(self, event_id: str) -> None:
-        self._last_id, self._last_key = event_id, parse_stream_id(event_id)
 
     def _set_connected(self, connected: bool, missed: int = 0) -> None:
         if connected and self._backoff.attempts:
@@ -149,9 +139,10 @@ class Relay:
             self._on_connected(False)
 
 
-async def _history_end(redis: Redis, stream: str) -> str:
+async def _newest_id(redis: Redis, stream: str) -> Optional[str]:
+    """The id of the newest entry in the history, or None when it is empty."""
     newest = await redis.xrevrange(stream, "+", "-", count=1)
     if not newest:
-        return START
+        return None
     entry_id = newest[0][0]
     return entry_id.decode() if isinstance(entry_id, bytes) else entry_id

@@ -2,11 +2,26 @@
 
 import json
 import time
+import uuid
 
 from tornado.httpclient import AsyncHTTPClient
 
+from notify_server import messages
+from notify_server.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.tasks import submit, unique_avid
+
+async def receive_a_marker(client: WsClient, redis_url: str, avid: str) -> None:
+    """Emit a marker event the way a worker does and wait until `client` has it.
+
+    The server relays events in stream order, so every event written before
+    the marker has reached the client by then: an absence checked afterwards
+    is not merely lateness. `avid` lets the marker pass a subscription.
+    """
+    marker_id = f"marker-{uuid.uuid4().hex[:8]}"
+    Emitter(redis_url).emit(messages.task_progress(marker_id, avid, 1, 1, "marker"))
+    await client.wait_for(of_task(marker_id, "task_progress"))
+
 
 SEED_KEYS = {
     "task_started": ["task_id", "avid", "status"],
@@ -34,19 +49,22 @@ async def test_successful_task_gives_started_then_completed_with_seed_keys(serve
     client.close()
 
 
-async def test_failing_task_gives_task_failed_with_reason(server_port, producer):
+async def test_failing_task_gives_task_failed_with_reason(server_port, producer, redis_server):
     client = await WsClient.connect(server_port)
     avid = unique_avid("BAD")
     task_id = submit(producer, avid, seconds=0.2, fail=True)
 
     failed = await client.wait_for(of_task(task_id, "task_failed"))
+    # A completion the worker wrongly sent after the failure would now be in.
+    await receive_a_marker(client, redis_server.url, avid)
 
     assert failed["data"]["status"] == "failed"
     assert failed["data"]["avid"] == avid
     assert "RuntimeError" in failed["data"]["message"]
     assert f"download of {avid} failed" in failed["data"]["message"]
-    assert not any(m["type"] == "task_completed" for m in client.received
-                   if m.get("data", {}).get("task_id") == task_id)
+    outcome = [m["type"] for m in client.received
+               if of_task(task_id)(m) and m["type"] != "task_progress"]
+    assert outcome == ["task_started", "task_failed"]
     client.close()
 
 
@@ -157,8 +175,10 @@ async def test_bad_frames_get_error_replies_and_the_connection_survives(server_p
     client.close()
 
 
-async def test_subscribe_narrows_task_events_to_the_named_tasks(server_port, producer):
+async def test_subscribe_narrows_task_events_to_the_named_tasks(server_port, producer,
+                                                                 redis_server):
     client = await WsClient.connect(server_port)
+    witness = await WsClient.connect(server_port)  # not subscribed: sees every event
     wanted, other = unique_avid("WANT"), unique_avid("SKIP")
     await client.send({"action": "subscribe", "avids": [wanted]})
     await client.send({"action": "ping"})
@@ -167,6 +187,12 @@ async def test_subscribe_narrows_task_events_to_the_named_tasks(server_port, pro
     other_id = submit(producer, other, seconds=0.1)
     wanted_id = submit(producer, wanted, seconds=0.3)
     await client.wait_for(of_task(wanted_id, "task_completed"))
+    # Every event of the other task has been relayed (its last one reached the
+    # witness), and the marker, written after, has reached the subscriber.
+    await witness.wait_for(of_task(other_id, "task_completed"))
+    await receive_a_marker(client, redis_server.url, wanted)
 
-    assert not any(m.get("data", {}).get("task_id") == other_id for m in client.received)
+    assert any(of_task(wanted_id, "task_started")(m) for m in client.received)
+    assert not any(of_task(other_id)(m) for m in client.received)
     client.close()
+    witness.close()
