@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, List
+from typing import Callable, List, NoReturn
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -80,7 +80,7 @@ def listen(settings: settings_module.Settings) -> List[socket.socket]:
         fail(f"cannot listen on {where}: {why}")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"run.py: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 

@@ -2,7 +2,8 @@
 
 Every setting has an environment variable and a command-line flag; the flag wins.
 `Settings` holds the defaults; `SETTINGS` names each one's variable, parser and
-meaning. The flag parser and the README's configuration table are built from them.
+meaning. The flag parser is built from them; a unit test keeps the README's
+configuration table in step.
 """
 
 import argparse
@@ -37,8 +38,11 @@ def _text(value: str) -> str:
     return value.strip()
 
 
-def _optional_str(value: str) -> Optional[str]:
-    return value or None
+def _broker_url(value: str) -> Optional[str]:
+    if value.strip() and not re.match(r"[a-z][a-z0-9+.-]*://", value.strip()):
+        raise ValueError("must be a broker URL such as redis://host:6379/0 or amqp://host//, "
+                         "or empty")
+    return value.strip() or None
 
 
 def _redis_url(value: str) -> Optional[str]:
@@ -54,20 +58,14 @@ def _identifier(value: str) -> str:
 
 
 def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
+    port = int(value) if value.strip().isdigit() else -1
     if not 0 <= port <= 65535:
         raise ValueError("must be an integer from 0 to 65535 (0 picks a free port)")
     return port
 
 
 def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
+    number = int(value) if value.strip().isdigit() else 0
     if number <= 0:
         raise ValueError("must be a whole number of bytes greater than 0")
     return number
@@ -93,7 +91,7 @@ def _bool(value: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError("must be one of 1, true, yes, on, 0, false, no, off")
+    raise ValueError("must be one of 1, true, yes, on (true) or 0, false, no, off, empty (false)")
 
 
 def _origins(value: str) -> tuple:
@@ -118,7 +116,7 @@ SETTINGS = (
     Setting("port", "NOTIFY_PORT", _port, "port to listen on"),
     Setting("redis_url", "REDIS_URL", _redis_url,
             "Redis for events; unset starts an embedded redis-server"),
-    Setting("broker_url", "CELERY_BROKER_URL", _optional_str,
+    Setting("broker_url", "CELERY_BROKER_URL", _broker_url,
             "Celery broker the poller inspects; defaults to the Redis URL"),
     Setting("prefix", "NOTIFY_PREFIX", _text, "prefix of the Redis keys: PREFIX:events and PREFIX:events:history"),
     Setting("subject_arg", "NOTIFY_SUBJECT_ARG", _identifier,
@@ -219,14 +217,16 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     clamped or silently disabled), SystemExit for a malformed command line.
     """
     flags = vars(build_parser().parse_args(list(argv)))
-    values = {}
+    values, given = {}, {}  # given: setting name -> (flag or variable, raw value)
     for setting in SETTINGS:
         raw, source = flags[setting.name], setting.flag
         if raw is None and setting.env in environ:
             raw, source = environ[setting.env], setting.env
-        if raw is None or isinstance(raw, bool):
-            if raw is not None:
-                values[setting.name] = raw
+        if raw is None:
+            continue
+        given[setting.name] = (source, raw)
+        if isinstance(raw, bool):
+            values[setting.name] = raw
             continue
         try:
             values[setting.name] = setting.parse(raw)
@@ -234,7 +234,12 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             raise SettingError(f"{source}={raw!r}: {exc}") from None
     loaded = Settings(**values)
     if loaded.ping_interval > 0 and loaded.ping_timeout > loaded.ping_interval:
-        raise SettingError(f"NOTIFY_PING_TIMEOUT={loaded.ping_timeout:g}: must be at most "
-                           f"NOTIFY_PING_INTERVAL ({loaded.ping_interval:g} s); a peer is "
-                           "pinged again after the interval")
+        if "ping_timeout" in given:
+            source, raw = given["ping_timeout"]
+            rule = f"must be at most the ping interval ({loaded.ping_interval:g} s)"
+        else:
+            source, raw = given["ping_interval"]
+            rule = (f"must be at least the ping timeout ({loaded.ping_timeout:g} s), "
+                    "or 0 to disable pings")
+        raise SettingError(f"{source}={raw!r}: {rule}")
     return loaded

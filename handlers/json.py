@@ -55,7 +55,9 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
-        reason = getattr(error, "reason", None) or responses.get(status_code, "error")
+        reason = responses.get(status_code, "error")
+        if isinstance(error, tornado.web.HTTPError) and isinstance(error.reason, str):
+            reason = error.reason  # a reason the code chose for people, never an internal one
         self.finish(messages.encode({"code": status_code, "message": reason.lower(),
                                      "data": None}))
 

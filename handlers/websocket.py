@@ -37,15 +37,15 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
             self.ws_connection.stream, self.close, self.request.remote_ip)
         last_event_id = self.get_query_argument("last_event_id", None)
         if last_event_id is None:
-            self.server.join(self.session)
+            self.server.join(self.connection, self.session)
             return
         try:
             action = messages.parse_resume_argument(last_event_id)
         except ProtocolError as exc:
-            self.server.join(self.session)
+            self.server.join(self.connection, self.session)
             self._reply(messages.ERROR, messages.frame(exc.reply()))
             return
-        self.server.start_resume(self.session, action.last_event_id)
+        self.server.start_resume(self.connection, self.session, action.last_event_id)
 
     def on_message(self, frame) -> None:
         try:
@@ -61,7 +61,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         elif action.name == "subscribe":
             self.session.subscribe(action.task_ids, action.avids)
         elif action.name == "resume":
-            self.server.start_resume(self.session, action.last_event_id)
+            self.server.start_resume(self.connection, self.session, action.last_event_id)
 
     def on_close(self) -> None:
         if self.connection is not None:

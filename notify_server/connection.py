@@ -71,6 +71,9 @@ class Connection:
         if self.state is not OPEN:
             return
         if self._draining:
+            if self._stream.closed():  # a dead peer, not a slow one
+                self.lost()
+                return
             self._backlog.append(data)
             self._backlog_bytes += len(data)
             if self._backlog_bytes > self._limit:
@@ -117,6 +120,8 @@ class Connection:
         if was_open:
             self._on_leave()
         self._on_closed()
+        # Break the cycles through the callbacks: a closed socket is freed at once.
+        self._close_socket = self._on_leave = self._on_closed = self._on_slow = _nothing
 
     # -- heartbeat (see `heartbeat.Heartbeat`) --------------------------------
 
@@ -156,3 +161,7 @@ class Connection:
         self._on_slow(dropped)
         log.warning("closing slow client %s: more than %d bytes unsent", self.peer, self._limit)
         self.close(CLOSE_SLOW, "slow client: outgoing buffer full")
+
+
+def _nothing(*_args) -> None:
+    pass

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from tornado.iostream import IOStream
 
 from . import messages
-from .connection import Connection
+from .connection import OPEN, Connection
 from .heartbeat import Heartbeat
 from .history import History
 from .hub import Hub
@@ -48,14 +48,14 @@ class ServerConfig:
     broker_url: str
     events_channel: str
     history_stream: str
-    subject_arg: str = "avid"
-    poll_interval: float = 2.0
-    inspect_timeout: float = 1.0
-    discovery_interval: float = 30.0
-    refresh_delay: float = 0.2
-    max_client_buffer: int = 1024 * 1024
-    ping_interval: float = 25.0
-    ping_timeout: float = 10.0
+    subject_arg: str
+    poll_interval: float
+    inspect_timeout: float
+    discovery_interval: float
+    refresh_delay: float
+    max_client_buffer: int
+    ping_interval: float
+    ping_timeout: float
 
 
 class NotifyServer:
@@ -130,7 +130,8 @@ class NotifyServer:
         """A WebSocket just opened on `stream`: its `Connection` (state and
         writes; `close_socket(code, reason)` is Tornado's close) and its
         `Session`. The socket is pinged from now on; it receives nothing
-        until `join` or `start_resume`."""
+        until `join` or `start_resume`. While the server is stopping, the
+        connection is closed with 1001 at once."""
         session: Optional[Session] = None
 
         def leave() -> None:
@@ -144,16 +145,26 @@ class NotifyServer:
         session = Session(connection.write, connection.close, self.metrics.delivered)
         self._connections.add(connection)
         self.heartbeat.add(connection)
+        if self._all_closed is not None:
+            connection.close(messages.CLOSE_GOING_AWAY, "server shutting down")
         return connection, session
 
-    def join(self, session: Session) -> None:
-        """Send the current `queue_status`, then every live event from now on."""
+    def join(self, connection: Connection, session: Session) -> None:
+        """Send the current `queue_status`, then every live event from now on.
+        Does nothing once the connection has left OPEN (it would never leave
+        the hub again)."""
+        if connection.state is not OPEN:
+            return
+        self.hub.add(session)  # a failed send below takes it out again
         self._send_queue_status(session)
-        self.hub.add(session)
 
-    def start_resume(self, session: Session, last_event_id: str) -> None:
+    def start_resume(self, connection: Connection, session: Session, last_event_id: str) -> None:
         """Replay the history after `last_event_id`, then a `queue_status`,
-        then go live; runs in the background. Live events wait meanwhile."""
+        then go live; runs in the background. Live events wait meanwhile.
+        Raises `ProtocolError` (`resume_in_progress`) while a replay runs;
+        does nothing once the connection has left OPEN."""
+        if connection.state is not OPEN:
+            return
         session.hold()
         self.hub.add(session)
         task = asyncio.get_running_loop().create_task(self.resume(session, last_event_id))
@@ -171,19 +182,21 @@ class NotifyServer:
         replayed_up_to = None
         try:
             if not await self.history.contains(last_event_id):
-                session.send(messages.frame(messages.resync(
-                    f"event {last_event_id} is not in the retained history; reload your state")))
+                self._send_resync(session, f"event {last_event_id} is not in the retained "
+                                           "history; reload your state")
                 return
             async for batch in self.history.after(last_event_id):
                 session.replay(batch)
                 if batch:
                     replayed_up_to = batch[-1].id
         except (RedisError, OSError) as exc:
-            session.send(messages.frame(messages.resync(
-                f"history unavailable ({type(exc).__name__}); reload your state")))
+            self._send_resync(session, f"history unavailable ({type(exc).__name__}); "
+                                       "reload your state")
         finally:
-            self._send_queue_status(session)
-            session.release(replayed_up_to)
+            try:
+                self._send_queue_status(session)
+            finally:
+                session.release(replayed_up_to)
 
     def _closed(self, connection: Connection) -> None:
         self._connections.discard(connection)
@@ -238,6 +251,10 @@ class NotifyServer:
     def _send_queue_status(self, session: Session) -> None:
         session.send(self.queue_status_frame())
         self.count_sent(messages.QUEUE_STATUS)
+
+    def _send_resync(self, session: Session, reason: str) -> None:
+        session.send(messages.frame(messages.resync(reason)))
+        self.count_sent(messages.RESYNC)
 
     # -- callbacks from the relay and poller ----------------------------------
 

@@ -7,6 +7,7 @@ from tornado.iostream import IOStream
 from notify_server.connection import CLOSED, CLOSING, OPEN, Connection
 from notify_server.framing import payloads, text_frame
 from notify_server.messages import CLOSE_SLOW
+from notify_server.server import NotifyServer, ServerConfig
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -104,3 +105,26 @@ async def test_once_closing_nothing_but_the_close_frame_is_written(io_loop):
     connection.lost()
     connection.lost()
     assert recorder.calls[2:] == [("closed",)] and connection.state == CLOSED
+
+
+async def test_a_socket_that_left_open_is_never_added_to_the_hub_again(io_loop):
+    server = NotifyServer(ServerConfig(
+        redis_url="redis://127.0.0.1:1/0", broker_url="redis://127.0.0.1:1/0",
+        events_channel="t:events", history_stream="t:events:history", subject_arg="avid",
+        poll_interval=1.0, inspect_timeout=1.0, discovery_interval=30.0, refresh_delay=0.2,
+        max_client_buffer=1 << 20, ping_interval=25.0, ping_timeout=10.0))
+    closed_early, closing = [], []
+    for kept in (closed_early, closing):
+        ours, _peer = socket.socketpair()
+        stream = IOStream(ours)
+        kept.append(server.connect(stream, lambda code, reason: None, "peer"))
+        kept.append(stream)
+    closed_early[1].close()  # a peer that reset during the handshake
+    closing[0][0].close(1001, "ping timeout")  # then sends `resume`
+
+    server.join(*closed_early[0])
+    server.start_resume(*closing[0], "1-0")
+
+    assert len(server.hub) == 0
+    assert closed_early[0][0].state == CLOSED
+    await server.redis.aclose()

@@ -27,7 +27,12 @@ def test_every_setting_has_a_flag_and_a_field():
     ([], {"NOTIFY_MAX_MESSAGE_SIZE": "0"}, "NOTIFY_MAX_MESSAGE_SIZE='0': must be a whole"),
     ([], {"NOTIFY_POLL_INTERVAL": "nan"}, "NOTIFY_POLL_INTERVAL='nan': must be a number"),
     ([], {"NOTIFY_PING_INTERVAL": "5", "NOTIFY_PING_TIMEOUT": "10"},
-     "NOTIFY_PING_TIMEOUT=10: must be at most NOTIFY_PING_INTERVAL (5 s)"),
+     "NOTIFY_PING_TIMEOUT='10': must be at most the ping interval (5 s)"),
+    (["--ping-timeout", "30"], {}, "--ping-timeout='30': must be at most the ping interval"),
+    ([], {"NOTIFY_PING_INTERVAL": "5"}, "NOTIFY_PING_INTERVAL='5': must be at least the ping "
+                                        "timeout (10 s), or 0 to disable pings"),
+    ([], {"NOTIFY_PORT": "8_000"}, "NOTIFY_PORT='8_000': must be an integer"),
+    ([], {"CELERY_BROKER_URL": "localhost"}, "CELERY_BROKER_URL='localhost': must be a broker"),
     ([], {"NOTIFY_LOG_LEVEL": "chatty"}, "NOTIFY_LOG_LEVEL='chatty': must be one of DEBUG"),
     ([], {"NOTIFY_ALLOWED_ORIGINS": " , "}, "NOTIFY_ALLOWED_ORIGINS=' , ': must be * or"),
     ([], {"NOTIFY_DEMO": "maybe"}, "NOTIFY_DEMO='maybe': must be one of 1, true"),
