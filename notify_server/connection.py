@@ -67,7 +67,7 @@ class Connection:
         self._draining = False
 
     def write(self, data: bytes) -> None:
-        # The hot path of every broadcast: a few attribute reads, two calls and one send.
+        # The hot path of every broadcast: a few attribute reads, one call and one send.
         if self.state is not OPEN:
             return
         if self._draining:
@@ -79,13 +79,10 @@ class Connection:
             if self._backlog_bytes > self._limit:
                 self._overflow()
             return
-        stream = self._stream
-        if stream.closed():
-            # Tornado closed the stream and will call on_close on a later loop turn.
-            self.lost()
-            return
         sent = 0
-        if self._socket is not None and not stream.writing():
+        # `writing()` is false on a closed stream too: then the send fails (its
+        # socket is closed) and the IOStream raises StreamClosedError below.
+        if self._socket is not None and not self._stream.writing():
             try:
                 sent = self._socket.send(data)
             except OSError:
@@ -142,6 +139,7 @@ class Connection:
         try:
             future = self._stream.write(data)
         except StreamClosedError:
+            # Tornado closed the stream and calls on_close only on a later loop turn.
             self.lost()
             return
         self._draining = True
