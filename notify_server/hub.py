@@ -23,10 +23,9 @@ class Hub:
 
     def __init__(self) -> None:
         self._sessions: Set[Session] = set()
-        # The fast path: the `send` of every session that takes everything,
-        # those sessions, and the others. Rebuilt lazily after a session joins,
-        # leaves or changes mode.
-        self._split: Optional[Tuple[tuple, Tuple[Session, ...], Tuple[Session, ...]]] = None
+        # The fast path: the sessions that take everything, and the others.
+        # Rebuilt lazily after a session joins, leaves or changes mode.
+        self._split: Optional[Tuple[Tuple[Session, ...], Tuple[Session, ...]]] = None
 
     def add(self, session: Session) -> None:
         self._sessions.add(session)
@@ -51,19 +50,18 @@ class Hub:
         if not events:
             return 0
         if self._split is None:
-            plain = tuple(s for s in self._sessions if s.takes_everything)
-            self._split = (tuple(s.send for s in plain), plain,
+            self._split = (tuple(s for s in self._sessions if s.takes_everything),
                            tuple(s for s in self._sessions if not s.takes_everything))
-        sends, plain, others = self._split
+        plain, others = self._split
         failed = []
-        if sends:
+        if plain:
             shared = events[0].frame if len(events) == 1 else b"".join(e.frame for e in events)
-            for send in sends:
+            for session in plain:
                 try:
-                    send(shared)
+                    session.send(shared)
                 except Exception as exc:
-                    failed.append((next(s for s in plain if s.send == send), exc))
-        shared_writes = len(sends) - len(failed)
+                    failed.append((session, exc))
+        shared_writes = len(plain) - len(failed)
         for session in others:
             try:
                 session.deliver(events)
