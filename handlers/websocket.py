@@ -70,6 +70,9 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     def on_pong(self, data: bytes) -> None:
         self.connection.pong()
 
+    def on_ping(self, data: bytes) -> None:
+        self.connection.tornado_wrote()  # Tornado has just written its pong
+
     def _reply(self, kind: str, frame: bytes) -> None:
         self.connection.write(frame)
         self.server.count_sent(kind)

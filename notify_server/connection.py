@@ -3,8 +3,10 @@
 An adapter. It bypasses `WebSocketHandler.write_message` (which frames each
 message again and creates a Future and a Task per call) for the hot path;
 Tornado still writes its own control frames (pong, close) on the same
-stream, and frames are never split or interleaved. Only public IOStream
-calls (`closed`, `writing`, `write`) are used.
+stream, and frames are never split or interleaved: a direct send happens
+only when neither our bytes nor Tornado's wait in the IOStream. Only public
+IOStream calls (`closed`, `writing`, `write`) are used, and `writing()` only
+after Tornado wrote (most writes need no call at all).
 """
 
 import logging
@@ -46,8 +48,8 @@ class Connection:
     """
 
     # What every write reads comes first: one cache line for the hot path.
-    __slots__ = ("state", "_draining", "_socket", "_stream", "_backlog", "_backlog_bytes",
-                 "_limit", "peer", "awaiting_pong", "_close_socket", "_on_leave", "_on_closed",
+    __slots__ = ("state", "_draining", "_tornado_wrote", "_socket", "_stream", "_backlog",
+                 "_backlog_bytes", "_limit", "peer", "awaiting_pong", "_close_socket", "_on_leave", "_on_closed",
                  "_on_slow")
 
     def __init__(self, stream: IOStream, *, limit: int, peer: str,
@@ -65,7 +67,10 @@ class Connection:
         self._on_leave, self._on_closed, self._on_slow = on_leave, on_closed, on_slow
         self._backlog: List[bytes] = []
         self._backlog_bytes = 0
-        self._draining = False
+        self._draining = False  # bytes of ours wait in the IOStream
+        # Bytes of Tornado's may wait in the IOStream (its 101 response, a pong):
+        # until `writing()` says they are gone, no direct send may overtake them.
+        self._tornado_wrote = True
 
     def write(self, data: bytes) -> None:
         # The hot path of every broadcast: a few attribute reads, one call and one send.
@@ -81,9 +86,9 @@ class Connection:
                 self._overflow()
             return
         sent = 0
-        # `writing()` is false on a closed stream too: then the send fails (its
+        # A closed stream is not `writing()` either: then the send fails (its
         # socket is closed) and the IOStream raises StreamClosedError below.
-        if self._socket is not None and not self._stream.writing():
+        if self._socket is not None and not (self._tornado_wrote and self._stream_busy()):
             try:
                 sent = self._socket.send(data)
             except OSError:
@@ -93,6 +98,20 @@ class Connection:
             if sent == len(data):
                 return
         self._hand_to_stream(memoryview(data)[sent:] if sent else data)
+
+    def tornado_wrote(self) -> None:
+        """Tornado wrote a frame of its own on the stream (it answers a ping
+        with a pong, then calls `on_ping`): the next direct send first checks
+        that the stream has nothing pending. While the socket is open this is
+        the only frame Tornado 6.5 writes without us (with
+        `websocket_ping_interval` unset); its closes end in a closed stream."""
+        self._tornado_wrote = True
+
+    def _stream_busy(self) -> bool:
+        if self._stream.writing():
+            return True
+        self._tornado_wrote = False
+        return False
 
     def close(self, code: int, reason: str) -> None:
         """Decide to close: leave OPEN, flush the backlog, then Tornado's close frame.

@@ -14,8 +14,9 @@ from notify_server import messages
 from notify_server.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server
-from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_TEXT, raw_handshake, read_until_eof,
-                                  reset)
+from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT,
+                                  raw_handshake, read_until_eof, reset, send_frame,
+                                  split_frames)
 from tests.support.tasks import submit, unique_avid
 
 
@@ -131,3 +132,46 @@ async def test_a_bad_resume_id_gets_queue_status_then_an_error_and_stays_open(se
     await client.send(json.dumps({"action": "ping"}))
     assert (await client.wait_for(lambda m: m["type"] in ("pong", "error")))["type"] == "pong"
     client.close()
+
+
+async def test_pongs_and_events_arrive_whole_and_in_order_to_a_slow_reader_that_pings(
+        redis_server):
+    server, port = start_server(redis_server.url, name="server-pings-and-events")
+    try:
+        peer = raw_handshake(port, receive_buffer=4096)
+        total, every = 600, 20
+        seen = {"frames": []}
+
+        def read_slowly():  # small reads: the server's writes often find the socket full
+            peer.settimeout(30)
+            buffer = b""
+            while True:
+                chunk = peer.recv(512)
+                if not chunk:
+                    return
+                frames, buffer = split_frames(buffer + chunk)
+                seen["frames"].extend(frames)
+                if any(opcode == OPCODE_TEXT and b'"current":%d,' % (total - 1) in payload
+                       for opcode, payload in frames):
+                    return
+
+        reader = asyncio.get_running_loop().run_in_executor(None, read_slowly)
+        emitter = Emitter(redis_server.url)
+        pings = []
+        for number in range(total):
+            emitter.emit(messages.task_progress(f"PP-{number}", "PINGPONG", number, total,
+                                                "x" * 1000))
+            if number % every == 0:
+                pings.append(b"p%d" % number)
+                send_frame(peer, OPCODE_PING, pings[-1])
+        await reader
+        peer.close()
+
+        frames = seen["frames"]
+        texts = [json.loads(payload) for opcode, payload in frames if opcode == OPCODE_TEXT]
+        assert [m["data"]["current"] for m in texts if m["type"] == "task_progress"] == \
+            list(range(total))
+        assert [payload for opcode, payload in frames if opcode == OPCODE_PONG] == pings
+        assert {opcode for opcode, _ in frames} <= {OPCODE_TEXT, OPCODE_PONG}
+    finally:
+        assert server.stop() == 0

@@ -7,7 +7,7 @@ import socket
 import struct
 from typing import List, Tuple
 
-OPCODE_TEXT, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x8, 0x9
+OPCODE_TEXT, OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x1, 0x8, 0x9, 0xA
 
 
 def raw_handshake(port: int, receive_buffer: int = 0, query: str = "") -> socket.socket:
@@ -78,3 +78,10 @@ def read_until_eof(sock: socket.socket, timeout: float = 30.0) -> List[Tuple[int
             return frames
         complete, buffer = split_frames(buffer + chunk)
         frames.extend(complete)
+
+
+def send_frame(sock: socket.socket, opcode: int, payload: bytes) -> None:
+    """Send one final, masked client frame (payload under 126 bytes)."""
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    sock.sendall(bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked)

@@ -1,5 +1,6 @@
 """Connection on a real Tornado IOStream over a socket pair (no server)."""
 
+import asyncio
 import socket
 
 from tornado.iostream import IOStream
@@ -128,3 +129,27 @@ async def test_a_socket_that_left_open_is_never_added_to_the_hub_again(io_loop):
     assert len(server.hub) == 0
     assert closed_early[0][0].state == CLOSED
     await server.redis.aclose()
+
+
+async def test_a_direct_send_never_overtakes_bytes_tornado_left_in_the_stream(io_loop):
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setblocking(False)
+    stream = IOStream(ours)
+    connection = Recorder().connect(stream)
+    connection.write(text_frame(b"ours-1"))
+    tornados = b"T" * 200_000  # say, a pong Tornado wrote into a full socket
+    stream.write(tornados)
+    connection.tornado_wrote()
+    received = read_all(peer)  # room in the socket again; the IOStream has not flushed yet
+
+    connection.write(text_frame(b"ours-2"))
+    while True:  # let the IOStream flush, reading as it goes
+        await asyncio.sleep(0.01)
+        chunk = read_all(peer)
+        received += chunk
+        if not chunk and not stream.writing():
+            break
+
+    first = text_frame(b"ours-1")
+    assert received == first + tornados + text_frame(b"ours-2")
