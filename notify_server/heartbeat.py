@@ -44,6 +44,7 @@ class Heartbeat:
         """Ping forever (until cancelled); returns at once when `interval` is 0."""
         if self._interval <= 0:
             return
+        await asyncio.sleep(self._timeout)  # the first round comes one interval after start
         while True:
             await asyncio.sleep(self._interval - self._timeout)
             pinged = tuple(self._sockets)
