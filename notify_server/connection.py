@@ -49,8 +49,8 @@ class Connection:
 
     # What every write reads comes first: one cache line for the hot path.
     __slots__ = ("state", "_draining", "_tornado_wrote", "_socket", "_stream", "_backlog",
-                 "_backlog_bytes", "_limit", "peer", "awaiting_pong", "_close_socket", "_on_leave", "_on_closed",
-                 "_on_slow")
+                 "_backlog_bytes", "_limit", "peer", "awaiting_pong", "_close_socket",
+                 "_on_leave", "_on_closed", "_on_slow")
 
     def __init__(self, stream: IOStream, *, limit: int, peer: str,
                  close_socket: Callable[[int, str], None],
@@ -73,7 +73,7 @@ class Connection:
         self._tornado_wrote = True
 
     def write(self, data: bytes) -> None:
-        # The hot path of every broadcast: a few attribute reads, one call and one send.
+        # The hot path of every broadcast: a few attribute reads and one send.
         if self.state is not OPEN:
             return
         if self._draining:
