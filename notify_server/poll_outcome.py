@@ -42,17 +42,18 @@ def judge(replies: Sequence[Replies], partial_before: FrozenSet[str]) -> Verdict
 
     A worker that answers some calls and not others has just come online (the
     broadcasts sent before it subscribed went unheard), just gone away, or
-    stalled; one poll cannot tell which, so the first time the poll is
-    repeated at once: a worker that joined then answers every call, one that
-    went away answers none and leaves the lists. Only a worker that answers
-    part of two polls in a row makes the lists stale: they would be half true.
+    stalled; one poll cannot tell which, so such a poll is repeated at once,
+    once: a worker that joined then answers every call, one that went away
+    answers none and leaves the lists. A repeat that is again part-answered
+    (by any worker: two workers taking turns must not repeat it for ever)
+    makes the lists stale: they would be half true.
     """
     answered = [frozenset(reply or ()) for reply in replies]
     responders = frozenset().union(*answered)
     if not responders:
         return Verdict(stale_reason=NO_WORKER)
     partial = responders - frozenset.intersection(*answered)
-    if partial & partial_before:
+    if partial and partial_before:
         return Verdict(stale_reason=HALF_ANSWERED, ask=responders, partial=partial)
     return Verdict(poll_again=bool(partial), ask=responders, partial=partial)
 
