@@ -64,8 +64,9 @@ def broker_errors(broker_url: str) -> Tuple[Type[BaseException], ...]:
     """What the inspect calls raise when the broker cannot be reached.
 
     kombu's `OperationalError` (a failed connect), `OSError` (sockets,
-    timeouts) and the transport's own connection errors (redis-py's
-    `ConnectionError`, `TimeoutError`, ... for Redis), minus `KeyError`, which
+    timeouts) and the transport's own connection and channel errors (redis-py's
+    `ConnectionError`, `TimeoutError`, `ResponseError`, ... for Redis), minus
+    `KeyError`, which
     kombu's Redis transport lists for an old redis-py quirk and which here is
     far likelier a bug. Builds no connection. A transport that cannot be
     loaded (unknown scheme, missing library) is logged here, once: every
@@ -73,7 +74,9 @@ def broker_errors(broker_url: str) -> Tuple[Type[BaseException], ...]:
     """
     try:
         with Connection(broker_url) as connection:
-            transport_errors = connection.connection_errors
+            # Channel errors too: a broker that answers READONLY (a replica
+            # after a failover), OOM or MISCONF is a broker fault, not our bug.
+            transport_errors = connection.connection_errors + connection.channel_errors
     except (KeyError, ImportError) as exc:
         log.error("cannot load the Celery broker transport: %s: %s", type(exc).__name__, exc)
         transport_errors = ()
