@@ -66,9 +66,8 @@ def broker_errors(broker_url: str) -> Tuple[Type[BaseException], ...]:
     kombu's `OperationalError` (a failed connect), `OSError` (sockets,
     timeouts) and the transport's own connection and channel errors (redis-py's
     `ConnectionError`, `TimeoutError`, `ResponseError`, ... for Redis), minus
-    `KeyError`, which
-    kombu's Redis transport lists for an old redis-py quirk and which here is
-    far likelier a bug. Builds no connection. A transport that cannot be
+    `KeyError`, which kombu's Redis transport lists for an old redis-py quirk
+    and which here is far likelier a bug. Builds no connection. A transport that cannot be
     loaded (unknown scheme, missing library) is logged here, once: every
     poll will then fail, with that error in its traceback.
     """
