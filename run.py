@@ -11,6 +11,7 @@ an address it cannot listen on (one line on stderr, no traceback).
 import asyncio
 import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import signal
@@ -42,11 +43,16 @@ async def serve(settings: settings_module.Settings, sockets: List[socket.socket]
     cleanly; `on_stopping()` is called as soon as a signal arrives."""
     server = NotifyServer(settings.server_config())
     application = make_application(server, allowed_origins=settings.allowed_origins,
-                                   max_message_size=settings.max_message_size)
-    http_server = HTTPServer(application, xheaders=settings.xheaders)
+                                   max_message_size=settings.max_message_size,
+                                   metrics_token=settings.metrics_token)
+    # Tornado's idle_connection_timeout is also how long a request's headers may take.
+    http_server = HTTPServer(application, xheaders=settings.xheaders,
+                             max_header_size=settings.max_header_size,
+                             idle_connection_timeout=settings.header_timeout)
     await server.start()
     http_server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
+    warn_if_open(settings, sockets)
     print(f"notify-server listening on http://{settings.host}:{port} "
           f"(WebSocket ws://{settings.host}:{port}/ws/tasks/)", flush=True)
 
@@ -60,6 +66,19 @@ async def serve(settings: settings_module.Settings, sockets: List[socket.socket]
     http_server.stop()
     await server.stop(settings.shutdown_timeout)
     log.info("stopped")
+
+
+def warn_if_open(settings: settings_module.Settings, sockets: List[socket.socket]) -> None:
+    """Say which mode serves; warn when open mode listens beyond loopback."""
+    if settings.auth_secret:
+        log.info("token mode: clients need a JWT signed with one of %d secret(s)",
+                 len(settings.auth_secret))
+        return
+    exposed = sorted({s.getsockname()[0] for s in sockets
+                      if not ipaddress.ip_address(s.getsockname()[0].split("%")[0]).is_loopback})
+    if exposed:
+        log.warning("open mode on %s: any client that reaches this address sees every task; "
+                    "set NOTIFY_AUTH_SECRET to require tokens", ", ".join(exposed))
 
 
 def listen(settings: settings_module.Settings) -> List[socket.socket]:
@@ -85,9 +104,10 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def start_demo(redis_url: str, prefix: str) -> list:
+def start_demo(redis_url: str, prefix: str, owner_arg: str) -> list:
     """Start a demo Celery worker and a task producer; returns their processes."""
-    env = {**os.environ, "REDIS_URL": redis_url, "NOTIFY_PREFIX": prefix}
+    env = {**os.environ, "REDIS_URL": redis_url, "NOTIFY_PREFIX": prefix,
+           "NOTIFY_OWNER_ARG": owner_arg}
     worker = children.start(
         [sys.executable, "-m", "celery", "-A", "notify_server.demo", "worker",
          "--loglevel", "WARNING", "--concurrency", "2", "--hostname", "demo@%h"], env=env)
@@ -140,7 +160,7 @@ def main(argv=None) -> int:
             settings = dataclasses.replace(settings, redis_url=url)
             print(f"embedded Redis at {url}; start workers with REDIS_URL={url}", flush=True)
         if settings.demo:
-            demo = start_demo(settings.redis_url, settings.prefix)
+            demo = start_demo(settings.redis_url, settings.prefix, settings.owner_arg)
         asyncio.run(serve(settings, sockets, stopping))
     finally:
         stop_demo(demo)

@@ -12,7 +12,11 @@ import math
 import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from notify_server.auth import MIN_SECRET_LENGTH
 from notify_server.server import ServerConfig
+
+# More clock leeway than this would keep an expired token working for long.
+MAX_LEEWAY = 30.0
 
 
 class SettingError(ValueError):
@@ -68,6 +72,41 @@ def _positive_int(value: str) -> int:
     number = int(value) if value.strip().isdigit() else 0
     if number <= 0:
         raise ValueError("must be a whole number of bytes greater than 0")
+    return number
+
+
+def _count(minimum: int, meaning: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value) if value.strip().isdigit() else -1
+        if number < minimum:
+            raise ValueError(f"must be a whole number, at least {minimum}{meaning}")
+        return number
+    return parse
+
+
+def _rate(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a number of actions per second greater than 0")
+    return number
+
+
+def _secrets(value: str) -> tuple:
+    secrets = tuple(part.strip() for part in value.split(",") if part.strip())
+    if any(len(secret) < MIN_SECRET_LENGTH for secret in secrets):
+        raise ValueError(f"each comma-separated secret must be at least {MIN_SECRET_LENGTH} "
+                         "characters (e.g. from: python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
+    return secrets
+
+
+def _leeway(value: str) -> float:
+    number = _seconds(0, inclusive=True)(value)
+    if number > MAX_LEEWAY:
+        raise ValueError(f"must be a number of seconds from 0 to {MAX_LEEWAY:g}")
     return number
 
 
@@ -141,6 +180,30 @@ SETTINGS = (
             "seconds SIGTERM waits for clients to close before exiting"),
     Setting("allowed_origins", "NOTIFY_ALLOWED_ORIGINS", _origins,
             "comma-separated Origin values allowed to open a socket; * allows any"),
+    Setting("auth_secret", "NOTIFY_AUTH_SECRET", _secrets,
+            "HS256 secret(s) for client tokens, comma-separated (any verifies); "
+            "unset: open mode, no token needed"),
+    Setting("auth_leeway", "NOTIFY_AUTH_LEEWAY", _leeway,
+            "seconds of clock skew allowed on a token's exp and nbf (0 to 30)"),
+    Setting("owner_arg", "NOTIFY_OWNER_ARG", _identifier,
+            "keyword argument that names a task's owner (matched against token owners)"),
+    Setting("metrics_token", "NOTIFY_METRICS_TOKEN", lambda value: value.strip(),
+            "bearer token /metrics requires; empty leaves /metrics open"),
+    Setting("max_connections", "NOTIFY_MAX_CONNECTIONS", _count(0, " (0: no limit)"),
+            "open sockets in all; more get 503 before the upgrade"),
+    Setting("max_connections_per_ip", "NOTIFY_MAX_CONNECTIONS_PER_IP",
+            _count(0, " (0: no limit)"),
+            "open sockets per client address; more get 429 before the upgrade"),
+    Setting("action_rate", "NOTIFY_ACTION_RATE", _rate,
+            "actions a socket may send per second; more get rate_limited"),
+    Setting("action_burst", "NOTIFY_ACTION_BURST", _count(1, ""),
+            "actions a socket may send at once; this many refused in a row close it with 1008"),
+    Setting("max_subscribe", "NOTIFY_MAX_SUBSCRIBE", _count(1, ""),
+            "task ids and subjects one subscribe may name"),
+    Setting("max_header_size", "NOTIFY_MAX_HEADER_SIZE", _count(1024, " bytes"),
+            "largest HTTP request head (request line and headers, the ?token= too)"),
+    Setting("header_timeout", "NOTIFY_HEADER_TIMEOUT", _seconds(0, inclusive=False),
+            "seconds a client may take to send its request headers (and stay idle on HTTP)"),
     Setting("log_level", "NOTIFY_LOG_LEVEL", _log_level, "logging level"),
     Setting("xheaders", "NOTIFY_XHEADERS", _bool,
             "trust X-Real-IP/X-Forwarded-For and X-Forwarded-Proto from a reverse proxy"),
@@ -167,6 +230,17 @@ class Settings:
     ping_timeout: float = 10.0
     shutdown_timeout: float = 5.0
     allowed_origins: tuple = ("*",)
+    auth_secret: tuple = ()
+    auth_leeway: float = 5.0
+    owner_arg: str = "user_id"
+    metrics_token: str = ""
+    max_connections: int = 10000
+    max_connections_per_ip: int = 500
+    action_rate: float = 20.0
+    action_burst: int = 40
+    max_subscribe: int = 1000
+    max_header_size: int = 16384
+    header_timeout: float = 10.0
     log_level: str = "INFO"
     xheaders: bool = False
     demo: bool = False
@@ -191,7 +265,11 @@ class Settings:
             subject_arg=self.subject_arg, poll_interval=self.poll_interval,
             inspect_timeout=self.inspect_timeout, discovery_interval=self.discovery_interval,
             refresh_delay=self.refresh_delay, max_client_buffer=self.max_client_buffer,
-            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout)
+            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+            owner_arg=self.owner_arg, auth_secrets=self.auth_secret,
+            auth_leeway=self.auth_leeway, max_connections=self.max_connections,
+            max_connections_per_ip=self.max_connections_per_ip, action_rate=self.action_rate,
+            action_burst=self.action_burst, max_subscribe=self.max_subscribe)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,11 +10,13 @@ from .rest import QueueStatusHandler
 from .websocket import TaskSocketHandler
 
 
-def make_application(server, *, allowed_origins, max_message_size: int) -> tornado.web.Application:
+def make_application(server, *, allowed_origins, max_message_size: int,
+                     metrics_token: str = "") -> tornado.web.Application:
     """The Tornado application: the URL table, each handler given the one
     `NotifyServer`. `allowed_origins` may open a socket and read the API
     cross-origin ("*" allows any); inbound frames over `max_message_size`
-    bytes close the socket with 1009."""
+    bytes close the socket with 1009; `/metrics` needs the bearer
+    `metrics_token` when one is given."""
     args = {"server": server}
     return tornado.web.Application(
         [
@@ -23,7 +25,7 @@ def make_application(server, *, allowed_origins, max_message_size: int) -> torna
             (r"/api/.*", ApiNotFoundHandler),
             (r"/healthz", LivenessHandler),
             (r"/readyz", ReadinessHandler, args),
-            (r"/metrics", MetricsHandler, args),
+            (r"/metrics", MetricsHandler, {**args, "metrics_token": metrics_token}),
             (r"/", DashboardHandler),
             (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
         ],

@@ -8,6 +8,14 @@ from notify_server import messages
 
 from .origin import origin_allowed
 
+def write_envelope(handler: tornado.web.RequestHandler, code: int, message: str, data) -> None:
+    """Finish `handler`'s request with HTTP status `code` and the envelope
+    ``{"code", "message", "data"}`` as JSON (any handler, the socket's too)."""
+    handler.set_status(code)
+    handler.set_header("Content-Type", "application/json; charset=UTF-8")
+    handler.finish(messages.encode({"code": code, "message": message, "data": data}))
+
+
 # Headers a browser may send cross-origin (Authorization for tokens, Content-Type for JSON).
 ALLOWED_HEADERS = "Authorization, Content-Type"
 PREFLIGHT_MAX_AGE = "600"
@@ -50,8 +58,7 @@ class JsonHandler(tornado.web.RequestHandler):
         self.finish()
 
     def send_envelope(self, code: int, message: str, data) -> None:
-        self.set_status(code)
-        self.finish(messages.encode({"code": code, "message": message, "data": data}))
+        write_envelope(self, code, message, data)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]

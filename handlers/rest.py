@@ -1,5 +1,7 @@
 """REST: `GET /api/tasks/queue/status`."""
 
+from notify_server.auth import AuthError, bearer_token
+
 from .json import JsonHandler
 
 
@@ -9,14 +11,25 @@ class QueueStatusHandler(JsonHandler):
     200 ``{"code": 200, "message": "success", "data": {...queue_status data}}``
     when a snapshot exists; if the last poll failed, `data.stale` is true and
     `message` says why. 503 ``{"code": 503, "message": <why>, "data": null}``
-    when no poll has ever succeeded. CORS as every `JsonHandler`.
+    when no poll has ever succeeded. In token mode the token (`?token=` or
+    `Authorization: Bearer`) scopes the lists as on the socket; without a
+    valid one: 401 with `WWW-Authenticate: Bearer` and the reason. CORS as
+    every `JsonHandler`.
     """
 
     def initialize(self, server) -> None:
         self.server = server
 
     def get(self) -> None:
-        data, reason = self.server.queue_snapshot()
+        token = (self.get_query_argument("token", None)
+                 or bearer_token(self.request.headers.get("Authorization")))
+        try:
+            scope = self.server.authenticate(token)
+        except AuthError as exc:
+            self.set_header("WWW-Authenticate", 'Bearer realm="notify-server"')
+            self.send_envelope(401, str(exc), None)
+            return
+        data, reason = self.server.queue_snapshot(scope)
         if data is None:
             self.send_envelope(503, reason, None)
             return

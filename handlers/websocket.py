@@ -1,23 +1,36 @@
 """WebSocket: `/ws/tasks/`, the seed's socket (docs/protocol.md, "WebSocket")."""
 
+import time
+
 import tornado.websocket
 
 from notify_server import messages
+from notify_server.auth import AuthError, bearer_token
 from notify_server.messages import ProtocolError
 
+from .json import write_envelope
 from .origin import origin_allowed
 
 
 class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     """One client socket.
 
-    On open the client gets the current `queue_status`, then every task event
-    (or, after `?last_event_id=ID`, the history after ID, a `queue_status`
-    and then the live stream). Actions: `get_queue_status`, `ping`,
-    `subscribe`, `resume`. Bad frames get an `error` reply and the socket
-    stays open. A frame over `max_message_size` closes it with 1009 (Tornado
-    does this); the `Connection` closes a slow client with 4008 and a peer
-    that misses a pong with 1001. What may still be written is decided by the
+    Before the upgrade: over a connection limit the request gets 503 (all
+    sockets) or 429 (this address) in the JSON envelope; a refused Origin
+    gets 403. In token mode the token (`?token=` or `Authorization: Bearer`)
+    is checked once the socket is open: without a valid one the socket is
+    closed at once with 4001 and the reason, and nothing else is sent.
+
+    On open the client gets the `queue_status` it may see, then every task
+    event of its scope (or, after `?last_event_id=ID`, the history after ID,
+    a `queue_status` and then the live stream). Actions: `get_queue_status`,
+    `ping`, `subscribe`, `resume`, `refresh`, at most `action_rate` per
+    second with bursts of `action_burst`: over it the reply is
+    `rate_limited`, and a client that keeps going is closed with 1008. Bad
+    frames get an `error` reply and the socket stays open. A frame over
+    `max_message_size` closes it with 1009 (Tornado does this); the
+    `Connection` closes a slow client with 4008 and a peer that misses a
+    pong with 1001. What may still be written is decided by the
     `Connection` alone.
     """
 
@@ -26,6 +39,14 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         self.allowed_origins = allowed_origins
         self.connection = None
         self.session = None
+        self.bucket = None
+
+    async def get(self, *args, **kwargs) -> None:
+        refusal = self.server.refusal(self.request.remote_ip)
+        if refusal is not None:
+            write_envelope(self, *refusal, None)
+            return
+        await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.allowed_origins)
@@ -33,8 +54,14 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     def open(self) -> None:
         # Tornado turns Nagle back on after the upgrade; small frames must not wait for ACKs.
         self.set_nodelay(True)
+        try:
+            scope = self.server.authenticate(self._token())
+        except AuthError as exc:
+            self.close(messages.CLOSE_UNAUTHORIZED, str(exc))
+            return
+        self.bucket = self.server.action_bucket()
         self.connection, self.session = self.server.connect(
-            self.ws_connection.stream, self.close, self.request.remote_ip)
+            self.ws_connection.stream, self.close, self.request.remote_ip, scope)
         last_event_id = self.get_query_argument("last_event_id", None)
         if last_event_id is None:
             self.server.join(self.connection, self.session)
@@ -47,31 +74,55 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
             return
         self.server.start_resume(self.connection, self.session, action.last_event_id)
 
+    def _token(self):
+        return (self.get_query_argument("token", None)
+                or bearer_token(self.request.headers.get("Authorization")))
+
     def on_message(self, frame) -> None:
+        if self.connection is None:  # refused in `open`; closing
+            return
+        if not self.bucket.take(time.monotonic()):
+            self._rate_limited()
+            return
         try:
-            self._act(messages.parse_action(frame))
+            self._act(messages.parse_action(frame, self.server.config.max_subscribe))
         except ProtocolError as exc:
             self._reply(messages.ERROR, messages.frame(exc.reply()))
 
+    def _rate_limited(self) -> None:
+        if self.bucket.flooding:
+            self.server.count_refused("flood")
+            self.connection.close(messages.CLOSE_POLICY, "rate limit exceeded")
+            return
+        self.server.count_refused("rate")
+        self._reply(messages.ERROR, messages.frame(messages.error(
+            messages.RATE_LIMITED, f"more than {self.bucket.rate:g} actions per second; "
+                                   "slow down or the socket is closed")))
+
     def _act(self, action: messages.Action) -> None:
         if action.name == "get_queue_status":
-            self._reply(messages.QUEUE_STATUS, self.server.queue_status_frame())
+            self._reply(messages.QUEUE_STATUS, self.server.queue_status_frame(self.session.scope))
         elif action.name == "ping":
             self._reply(messages.PONG, self.server.pong_frame())
         elif action.name == "subscribe":
             self.session.subscribe(action.task_ids, action.avids)
         elif action.name == "resume":
             self.server.start_resume(self.connection, self.session, action.last_event_id)
+        elif action.name == "refresh":
+            self._reply(messages.REFRESHED,
+                        self.server.refresh(self.connection, self.session, action.token))
 
     def on_close(self) -> None:
         if self.connection is not None:
             self.connection.lost()
 
     def on_pong(self, data: bytes) -> None:
-        self.connection.pong()
+        if self.connection is not None:
+            self.connection.pong()
 
     def on_ping(self, data: bytes) -> None:
-        self.connection.tornado_wrote()  # Tornado has just written its pong
+        if self.connection is not None:
+            self.connection.tornado_wrote()  # Tornado has just written its pong
 
     def _reply(self, kind: str, frame: bytes) -> None:
         self.connection.write(frame)

@@ -2,7 +2,8 @@
 
 Its broker and events Redis are $REDIS_URL (default redis://127.0.0.1:6379/0).
 `python -m notify_server.demo produce` keeps submitting demo tasks: most
-succeed, some fail, a few are scheduled with a countdown.
+succeed, some fail, a few are scheduled with a countdown; they are owned in
+turn by "alice", by "bob" and by no one (the `user_id` keyword).
 """
 
 import itertools
@@ -12,6 +13,7 @@ import random
 import signal
 import sys
 import time
+from typing import Optional
 
 from celery import Celery
 
@@ -35,11 +37,14 @@ STEPS = 10
 
 
 @app.task(name="notify_server.demo.download")
-def download(avid: str, seconds: float = 1.0, fail: bool = False) -> str:
+def download(avid: str, seconds: float = 1.0, fail: bool = False,
+             user_id: Optional[str] = None) -> str:
     """Pretend to download `avid` for about `seconds`, reporting progress.
 
     Returns a short message, or raises RuntimeError with a readable reason
     when `fail` is true (half-way through, as a real failure would).
+    The body ignores `user_id`: `install` reads it as the task's owner
+    (its default owner_arg) and puts it on every event of the task.
     """
     for step in range(1, STEPS + 1):
         time.sleep(seconds / STEPS)
@@ -50,14 +55,17 @@ def download(avid: str, seconds: float = 1.0, fail: bool = False) -> str:
 
 
 def produce(interval: float = 1.5) -> None:
-    """Submit demo tasks forever: a mix of successes, failures and countdowns."""
-    for number in itertools.count(1):
+    """Submit demo tasks forever: a mix of successes, failures and countdowns,
+    owned in turn by alice, bob and no one."""
+    owners = itertools.cycle(["alice", "bob", None])
+    for number, user_id in zip(itertools.count(1), owners):
         avid = f"DEMO-{number:03d}"
         roll = random.random()
         if roll < 0.15:
-            download.apply_async((avid,), {"seconds": 2.0}, countdown=8)
+            download.apply_async((avid,), {"seconds": 2.0, "user_id": user_id}, countdown=8)
         else:
-            download.delay(avid, seconds=random.uniform(1.0, 6.0), fail=roll > 0.8)
+            download.delay(avid, seconds=random.uniform(1.0, 6.0), fail=roll > 0.8,
+                           user_id=user_id)
         time.sleep(interval)
 
 

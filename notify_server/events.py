@@ -9,7 +9,7 @@ the server and the workers share one definition of each event shape.
 import ast
 import json
 import math
-from typing import Any
+from typing import Any, Optional
 
 TASK_STARTED = "task_started"
 TASK_COMPLETED = "task_completed"
@@ -73,6 +73,40 @@ def subject_of(args: Any, kwargs: Any, subject_arg: str) -> Any:
     if isinstance(args, (list, tuple)) and args:
         return _plain(args[0])
     return None
+
+
+def owner_of(kwargs: Any, owner_arg: str) -> Optional[str]:
+    """The task's owner: kwargs[owner_arg] as `owner_text` gives it, else None.
+
+    Keyword only (a positional argument names no owner). Like `subject_of`,
+    accepts the real kwargs or their repr.
+    """
+    kwargs = _literal(kwargs)
+    if isinstance(kwargs, dict):
+        return owner_text(kwargs.get(owner_arg))
+    return None
+
+
+def owner_text(value: Any) -> Optional[str]:
+    """An owner as the wire carries it: a string as it is, a whole number as its
+    decimal string ("42"); None for anything else, bool included."""
+    # str.__str__ and int.__repr__ give plain values and run no subclass's code.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    return None
+
+
+def with_owner(message: dict, owner: Optional[str]) -> dict:
+    """`message` with a top-level "owner" beside "type" and "data" (never inside
+    "data"); the message itself when there is no owner."""
+    return message if owner is None else {**message, "owner": owner}
+
+
+def arguments(value: Any) -> Any:
+    """Task args or kwargs as objects: a repr is parsed safely (None if it cannot be)."""
+    return _literal(value)
 
 
 def _literal(value: Any) -> Any:

@@ -4,11 +4,18 @@ Pure, and called on the event-loop thread only. A broadcast frames each event
 once (`Event.frame`); every session that takes everything gets the same
 bytes, the whole batch in one `send`. A broadcast never waits for a client:
 `send` only hands bytes to the session's connection.
+
+Sessions whose scope sees everything (open mode, admin tokens) share that
+fast path. Scoped sessions are indexed by owner: an event is offered only to
+the sessions of its owner, so it costs work in proportion to the sockets
+that receive it, however many other users are connected.
 """
 
+import collections
 import logging
-from typing import Iterable, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from .auth import Scope
 from .messages import CLOSE_INTERNAL_ERROR, Event
 from .session import Session
 
@@ -21,22 +28,55 @@ class Hub:
     closed with `CLOSE_INTERNAL_ERROR` (1011, so its client reconnects and
     resumes), and every other session still gets the whole batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_sent: Callable[[str, int], None] = lambda kind, count: None) -> None:
+        """`on_sent(type, count)` is told how many scoped sessions got an
+        event of that type in one write from the hub."""
         self._sessions: Set[Session] = set()
-        # The fast path: the `send` of every session that takes everything
-        # (a tuple of callables: one object less to touch per delivery), those
-        # sessions, and the others. Rebuilt lazily after a session joins,
-        # leaves or changes mode.
+        # Sessions whose scope sees everything, and the others by owner.
+        self._everyone: Set[Session] = set()
+        self._by_owner: Dict[str, Set[Session]] = {}
+        self._on_sent = on_sent
+        # The fast path over `_everyone`: the `send` of every session that
+        # takes everything (a tuple of callables: one object less to touch per
+        # delivery), those sessions, and the others. Rebuilt lazily after a
+        # session joins, leaves or changes mode.
         self._split: Optional[Tuple[tuple, Tuple[Session, ...], Tuple[Session, ...]]] = None
 
     def add(self, session: Session) -> None:
         self._sessions.add(session)
         session.on_mode_change = self._invalidate
-        self._split = None
+        owners = session.scope.owners
+        if owners is None:
+            self._everyone.add(session)
+            self._split = None
+        else:
+            for owner in owners:
+                self._by_owner.setdefault(owner, set()).add(session)
 
     def discard(self, session: Session) -> None:
+        if session not in self._sessions:
+            return
         self._sessions.discard(session)
-        self._split = None
+        owners = session.scope.owners
+        if owners is None:
+            self._everyone.discard(session)
+            self._split = None
+        else:
+            for owner in owners:
+                members = self._by_owner.get(owner)
+                if members is not None:
+                    members.discard(session)
+                    if not members:
+                        del self._by_owner[owner]
+
+    def rescope(self, session: Session, scope: Scope) -> None:
+        """Give `session` a new scope (a refreshed token), in the index too."""
+        member = session in self._sessions
+        if member:
+            self.discard(session)
+        session.set_scope(scope)
+        if member:
+            self.add(session)
 
     def _invalidate(self) -> None:
         self._split = None
@@ -47,16 +87,24 @@ class Hub:
     def publish(self, events: Sequence[Event]) -> int:
         """Offer a batch of task events, in order, to every session.
 
-        Returns how many sessions got the whole batch as one shared write
-        (the others filter, replay or hold, and account for themselves)."""
+        Returns how many sessions that see everything got the whole batch as
+        one shared write (scoped sessions are counted through `on_sent`; the
+        sessions that filter, replay or hold account for themselves)."""
         if not events:
             return 0
+        failed: List[Tuple[Session, Exception]] = []
+        shared_writes = self._publish_to_everyone(events, failed) if self._everyone else 0
+        if self._by_owner:
+            self._publish_by_owner(events, failed)
+        self._drop(failed)
+        return shared_writes
+
+    def _publish_to_everyone(self, events: Sequence[Event], failed: list) -> int:
         if self._split is None:
-            plain = tuple(s for s in self._sessions if s.takes_everything)
+            plain = tuple(s for s in self._everyone if s.takes_everything)
             self._split = (tuple(s.send for s in plain), plain,
-                           tuple(s for s in self._sessions if not s.takes_everything))
+                           tuple(s for s in self._everyone if not s.takes_everything))
         sends, plain, others = self._split
-        failed = []
         if sends:
             shared = events[0].frame if len(events) == 1 else b"".join(e.frame for e in events)
             broken = {}
@@ -67,32 +115,63 @@ class Hub:
                     broken[id(send)] = exc
             # Every session of a send that raised (sessions do not share one in
             # practice; if they did, that send is broken for all of them).
-            failed = [(session, broken[id(session.send)]) for session in plain
-                      if id(session.send) in broken]
+            failed.extend((session, broken[id(session.send)]) for session in plain
+                          if id(session.send) in broken)
         shared_writes = len(plain) - len(failed)
         for session in others:
             try:
                 session.deliver(events)
             except Exception as exc:
                 failed.append((session, exc))
-        self._drop(failed)
         return shared_writes
+
+    def _publish_by_owner(self, events: Sequence[Event], failed: list) -> None:
+        # Each scoped session's share of the batch, in stream order.
+        shares: Dict[Session, List[Event]] = {}
+        for event in events:
+            if event.owner is None:
+                continue
+            for session in self._by_owner.get(event.owner, ()):
+                share = shares.get(session)
+                if share is None:
+                    shares[session] = [event]
+                else:
+                    share.append(event)
+        if not shares:
+            return
+        sent: "collections.Counter[str]" = collections.Counter()
+        for session, share in shares.items():
+            try:
+                if session.takes_everything:
+                    session.send(share[0].frame if len(share) == 1 else
+                                 b"".join(event.frame for event in share))
+                    sent.update(event.type for event in share)
+                else:
+                    session.deliver(share)
+            except Exception as exc:
+                failed.append((session, exc))
+        for kind, count in sent.items():
+            self._on_sent(kind, count)
 
     def send_all(self, frame: bytes) -> int:
         """Send an already-framed message (a `resync`) to every session;
         returns how many got it."""
         return self._send_each(tuple(self._sessions), frame)
 
-    def send_live(self, frame: bytes) -> int:
+    def send_live(self, frame: bytes, frame_for: Callable[[Scope], bytes]) -> int:
         """Send an already-framed `queue_status` to every session that is not
-        replaying (a replay ends with its own, current one); returns how many."""
-        return self._send_each(tuple(s for s in self._sessions if not s.holding), frame)
+        replaying (a replay ends with its own, current one): `frame` to those
+        that see everything, `frame_for(scope)` to the others; returns how many."""
+        live = [s for s in self._sessions if not s.holding]
+        return self._send_each(live, lambda session: (
+            frame if session.scope.owners is None else frame_for(session.scope)))
 
-    def _send_each(self, sessions: Iterable[Session], frame: bytes) -> int:
+    def _send_each(self, sessions: Iterable[Session], frame) -> int:
+        """`frame`: the bytes for all, or a function of the session giving its bytes."""
         failed, sent = [], 0
         for session in sessions:
             try:
-                session.send(frame)
+                session.send(frame(session) if callable(frame) else frame)
                 sent += 1
             except Exception as exc:
                 failed.append((session, exc))

@@ -14,7 +14,7 @@ import orjson
 # The task events are the workers' to build (`events` is stdlib-only, so a
 # worker needs no server dependency); re-exported here for the server side.
 from .events import (TASK_COMPLETED, TASK_FAILED, TASK_PROGRESS, TASK_RETRYING,
-                     TASK_REVOKED, TASK_STARTED, safe_text, task_completed, task_failed,
+                     TASK_REVOKED, TASK_STARTED, owner_text, safe_text, task_completed, task_failed,
                      task_progress, task_retrying, task_revoked, task_started)
 from .framing import text_frame
 
@@ -22,11 +22,14 @@ QUEUE_STATUS = "queue_status"
 PONG = "pong"
 ERROR = "error"
 RESYNC = "resync"
+REFRESHED = "refreshed"
 
 # WebSocket close codes the server uses.
 CLOSE_GOING_AWAY = 1001   # server shutting down: reconnect (to another process)
 CLOSE_TOO_BIG = 1009      # inbound frame over the size limit (Tornado sends it)
+CLOSE_POLICY = 1008       # the client kept sending actions over its rate limit
 CLOSE_INTERNAL_ERROR = 1011  # the server failed to deliver to this socket: reconnect, resume
+CLOSE_UNAUTHORIZED = 4001  # no valid token, or it expired: get a new one, then reconnect
 CLOSE_SLOW = 4008         # the client did not read fast enough; its backlog was dropped
 
 # Stable error codes of `error` replies (docs/protocol.md, section 2.4).
@@ -37,6 +40,9 @@ MISSING_ACTION = "missing_action"
 UNKNOWN_ACTION = "unknown_action"
 INVALID_ARGUMENT = "invalid_argument"
 RESUME_IN_PROGRESS = "resume_in_progress"
+RATE_LIMITED = "rate_limited"
+INVALID_TOKEN = "invalid_token"
+AUTH_DISABLED = "auth_disabled"
 
 
 def queue_status(data: dict) -> dict:
@@ -53,6 +59,10 @@ def error(code: str, message: str) -> dict:
 
 def resync(reason: str) -> dict:
     return {"type": RESYNC, "data": {"reason": reason}}
+
+
+def refreshed(expires_at: float) -> dict:
+    return {"type": REFRESHED, "data": {"exp": expires_at}}
 
 
 def encode(message: dict) -> bytes:
@@ -76,13 +86,16 @@ class Event:
     """One task event on its way to clients.
 
     `id` is the history stream id, or None for a bare PUBLISH; `key` is that
-    id as (milliseconds, sequence), parsed once. `frame` is the message as a
-    WebSocket text frame, built at most once however many clients receive it.
+    id as (milliseconds, sequence), parsed once. `owner` decides who may see
+    it (`auth.Scope.sees`) and is never sent to clients. `frame` is the
+    message as a WebSocket text frame, built at most once however many
+    clients receive it.
     """
 
     type: str
     data: dict
     id: Optional[str] = None
+    owner: Optional[str] = None
     _frame: Optional[bytes] = dataclasses.field(default=None, repr=False, compare=False)
     key: Optional[Tuple[int, int]] = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -104,8 +117,11 @@ def parse_event(payload: bytes, stream_id: Optional[str] = None) -> Event:
     """Parse one event as workers write it (docs/protocol.md, section 6).
 
     `payload` is the JSON of ``{"type", "data"}`` (history entries) or
-    ``{"id", "type", "data"}`` (channel messages). `stream_id`, when given,
-    overrides any id in the payload. Raises `InvalidEvent`.
+    ``{"id", "type", "data"}`` (channel messages), either with an optional
+    ``"owner"`` (a string; a whole number is taken as its decimal string).
+    `stream_id`, when given, overrides any id in the payload. Raises
+    `InvalidEvent`, also for an owner of another type: such an event cannot
+    be scoped, so it reaches nobody rather than everybody.
     """
     try:
         message = orjson.loads(payload)
@@ -122,7 +138,10 @@ def parse_event(payload: bytes, stream_id: Optional[str] = None) -> Event:
     key = parse_stream_id(event_id) if event_id is not None else None
     if event_id is not None and key is None:
         raise InvalidEvent(f"malformed id {event_id!r}")
-    return Event(type=kind, data=data, id=event_id, key=key)
+    owner = owner_text(message.get("owner"))
+    if owner is None and message.get("owner") is not None:
+        raise InvalidEvent("'owner' is not a string")
+    return Event(type=kind, data=data, id=event_id, owner=owner, key=key)
 
 
 def parse_stream_id(value: Any) -> Optional[Tuple[int, int]]:
@@ -155,13 +174,15 @@ class Action:
     task_ids: Optional[frozenset] = None
     avids: Optional[frozenset] = None
     last_event_id: Optional[str] = None
+    token: Optional[str] = None
 
 
-ACTIONS = ("get_queue_status", "ping", "subscribe", "resume")
+ACTIONS = ("get_queue_status", "ping", "subscribe", "resume", "refresh")
 
 
-def parse_action(frame: Any) -> Action:
-    """Parse one client frame into an `Action`; raises `ProtocolError`."""
+def parse_action(frame: Any, max_subscribe: int = 1000) -> Action:
+    """Parse one client frame into an `Action`; raises `ProtocolError`.
+    A `subscribe` may name at most `max_subscribe` task ids and subjects."""
     if isinstance(frame, bytes):
         raise ProtocolError(BINARY_NOT_SUPPORTED, "binary frames are not supported; send JSON text")
     try:
@@ -177,16 +198,25 @@ def parse_action(frame: Any) -> Action:
         raise ProtocolError(UNKNOWN_ACTION,
                             f"unknown action {str(name)[:64]!r}; expected one of {', '.join(ACTIONS)}")
     if name == "subscribe":
-        return _parse_subscribe(message)
+        return _parse_subscribe(message, max_subscribe)
     if name == "resume":
         return Action(name, last_event_id=_parse_event_id(message.get("last_event_id")))
+    if name == "refresh":
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(INVALID_ARGUMENT, "refresh needs 'token', a JWT string")
+        return Action(name, token=token)
     return Action(name)
 
 
-def _parse_subscribe(message: dict) -> Action:
+def _parse_subscribe(message: dict, max_subscribe: int) -> Action:
     task_ids, avids = message.get("task_ids"), message.get("avids")
     if task_ids is None and avids is None:
         raise ProtocolError(INVALID_ARGUMENT, "subscribe needs 'task_ids' or 'avids'")
+    count = sum(len(v) for v in (task_ids, avids) if isinstance(v, list))
+    if count > max_subscribe:
+        raise ProtocolError(INVALID_ARGUMENT, f"subscribe names {count} task ids and subjects; "
+                                              f"at most {max_subscribe} are allowed")
     return Action("subscribe", task_ids=_scalar_set("task_ids", task_ids),
                   avids=_scalar_set("avids", avids))
 

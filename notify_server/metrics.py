@@ -34,6 +34,11 @@ class Metrics:
         self.slow_dropped_bytes = Counter("notify_slow_client_dropped_bytes",
                                           "Backlog bytes dropped when a slow client was closed.",
                                           registry=registry)
+        self.refused = Counter("notify_refused",
+                               "Sockets and actions refused, by reason (limit: over a "
+                               "connection limit; token: no valid token; rate: over the "
+                               "action rate; flood: closed with 1008).",
+                               ["reason"], registry=registry)
         self.relay_lag = Histogram("notify_relay_lag_seconds",
                                    "From the event's XADD (its stream id) to its broadcast.",
                                    buckets=LATENCY_BUCKETS, registry=registry)

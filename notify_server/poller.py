@@ -114,13 +114,13 @@ class QueuePoller:
 
     def __init__(self, broker_url: str, state: QueueState, on_change: Callable[[dict], None],
                  *, interval: float, timeout: float, discovery_interval: float,
-                 refresh_delay: float, subject_arg: str,
+                 refresh_delay: float, subject_arg: str, owner_arg: str = "user_id",
                  on_poll: Callable[[float, Optional[str]], None] = lambda duration, error: None):
         self._broker_url = broker_url
         self._state, self._on_change, self._on_poll = state, on_change, on_poll
         self._interval, self._timeout = interval, timeout
         self._discovery_interval, self._refresh_delay = discovery_interval, refresh_delay
-        self._subject_arg = subject_arg
+        self._subject_arg, self._owner_arg = subject_arg, owner_arg
         self._broker_errors = broker_errors(broker_url)
         self._executor = self._new_executor()
         self._known: FrozenSet[str] = frozenset()
@@ -203,7 +203,8 @@ class QueuePoller:
         self.broker_reachable = True
         try:
             verdict = judge(replies, self._partial)
-            snapshot = (normalise(*replies, subject_arg=self._subject_arg)
+            snapshot = (normalise(*replies, subject_arg=self._subject_arg,
+                                  owner_arg=self._owner_arg)
                         if verdict.publish else None)
         except Exception as exc:  # in our own pure code: never a broker error
             self._failed(classify_failure(exc, ()).reason, started, bug=exc)

@@ -5,9 +5,11 @@ Pure: no Celery, Tornado or Redis imports. The poller feeds replies in;
 handlers read `QueueState.data()`.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, FrozenSet, List, Optional
 
-from .events import subject_of
+from .events import owner_of, subject_of
+
+TASK_LISTS = ("active_tasks", "scheduled_tasks", "reserved_tasks")
 
 # Celery's inspect replies: {worker hostname: [task info dict, ...]} or None
 # when no worker answered.
@@ -21,53 +23,75 @@ def _epoch(value: Any) -> Optional[float]:
         return None
 
 
-def _active_entry(worker: str, info: dict, subject_arg: str) -> dict:
+def _active_entry(worker: str, info: dict, args: tuple) -> dict:
+    entry = _waiting_entry(worker, info, args)
+    entry["time_start"] = _epoch(info.get("time_start"))
+    return entry
+
+
+def _waiting_entry(worker: str, info: dict, args: tuple) -> dict:
+    subject_arg, owner_arg = args
     return {"task_id": info.get("id"),
             "avid": subject_of(info.get("args"), info.get("kwargs"), subject_arg),
             "worker": worker,
-            "time_start": _epoch(info.get("time_start"))}
+            "owner": owner_of(info.get("kwargs"), owner_arg)}
 
 
-def _waiting_entry(worker: str, info: dict, subject_arg: str) -> dict:
-    return {"task_id": info.get("id"),
-            "avid": subject_of(info.get("args"), info.get("kwargs"), subject_arg),
-            "worker": worker}
-
-
-def _scheduled_entry(worker: str, item: dict, subject_arg: str) -> dict:
+def _scheduled_entry(worker: str, item: dict, args: tuple) -> dict:
     # scheduled() wraps each request: {"eta": ..., "priority": ..., "request": {...}}
     request = item.get("request") if isinstance(item.get("request"), dict) else item
-    entry = _waiting_entry(worker, request, subject_arg)
+    entry = _waiting_entry(worker, request, args)
     entry["eta"] = item.get("eta")
     return entry
 
 
-def _entries(replies: Replies, build, subject_arg: str) -> List[dict]:
+def _entries(replies: Replies, build, args: tuple) -> List[dict]:
     entries = []
     for worker in sorted(replies or {}):
         items = replies[worker]
         if not isinstance(items, list):
             continue
-        entries.extend(build(worker, item, subject_arg) for item in items if isinstance(item, dict))
+        entries.extend(build(worker, item, args) for item in items if isinstance(item, dict))
     return entries
 
 
 def normalise(active: Replies, scheduled: Replies, reserved: Replies,
-              subject_arg: str = "avid") -> dict:
+              subject_arg: str = "avid", owner_arg: str = "user_id") -> dict:
     """Build the seed's `queue_status` data from three inspect replies.
 
     The result holds `active_tasks`, `scheduled_tasks`, `reserved_tasks` and
-    `workers` (every worker that answered any of the three, sorted).
-    `updated_at` and `stale` are added by `QueueState`.
+    `workers` (every worker that answered any of the three, sorted). Each
+    task entry also holds its `owner` (kwargs[owner_arg], or None), which
+    `for_scope` removes before a client sees it. `updated_at` and `stale` are
+    added by `QueueState`.
     """
-    active_tasks = _entries(active, _active_entry, subject_arg)
+    args = (subject_arg, owner_arg)
+    active_tasks = _entries(active, _active_entry, args)
     active_tasks.sort(key=lambda entry: (entry["time_start"] or 0.0, str(entry["task_id"])))
     return {
         "active_tasks": active_tasks,
-        "scheduled_tasks": _entries(scheduled, _scheduled_entry, subject_arg),
-        "reserved_tasks": _entries(reserved, _waiting_entry, subject_arg),
+        "scheduled_tasks": _entries(scheduled, _scheduled_entry, args),
+        "reserved_tasks": _entries(reserved, _waiting_entry, args),
         "workers": sorted(set(active or {}) | set(scheduled or {}) | set(reserved or {})),
     }
+
+
+def for_scope(data: dict, owners: Optional[FrozenSet[str]]) -> dict:
+    """The queue data a client may see: every task (`owners` None: an admin
+    or open mode) or only those whose owner is in `owners` (a task of no
+    known owner is nobody's). Entries lose their internal `owner` field;
+    nothing says how many tasks were left out."""
+    view = dict(data)
+    for key in TASK_LISTS:
+        view[key] = [{k: v for k, v in entry.items() if k != "owner"} for entry in data[key]
+                     if owners is None or entry.get("owner") in owners]
+    return view
+
+
+def owners_of_tasks(data: dict) -> FrozenSet[str]:
+    """Every owner with at least one task in `data`."""
+    return frozenset(entry["owner"] for key in TASK_LISTS for entry in data[key]
+                     if entry.get("owner") is not None)
 
 
 class QueueState:

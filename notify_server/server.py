@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import List, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -19,14 +19,16 @@ from redis.exceptions import RedisError
 from tornado.iostream import IOStream
 
 from . import messages
+from .auth import EVERYONE, AuthError, Authenticator, Scope
 from .connection import OPEN, Connection
 from .heartbeat import Heartbeat
 from .history import History
 from .hub import Hub
-from .messages import Event
+from .limits import ActionBucket, ConnectionCounter
+from .messages import Event, ProtocolError
 from .metrics import Metrics
 from .poller import QueuePoller
-from .queue_status import QueueState
+from .queue_status import QueueState, for_scope, owners_of_tasks
 from .relay import Relay
 from .session import Session
 
@@ -56,16 +58,29 @@ class ServerConfig:
     max_client_buffer: int
     ping_interval: float
     ping_timeout: float
+    owner_arg: str
+    auth_secrets: Tuple[str, ...]   # empty: open mode, every client sees everything
+    auth_leeway: float
+    max_connections: int            # 0: no limit
+    max_connections_per_ip: int     # 0: no limit
+    action_rate: float              # actions per second per socket
+    action_burst: int
+    max_subscribe: int
 
 
 class NotifyServer:
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.hub = Hub()
         self.queue = QueueState()
         # Every socket not yet CLOSED (open or closing): what shutdown waits for.
         self._connections: Set[Connection] = set()
+        self._counter = ConnectionCounter(config.max_connections, config.max_connections_per_ip)
+        self._authenticator = (Authenticator(config.auth_secrets, config.auth_leeway)
+                               if config.auth_secrets else None)
+        # When each token-mode socket's token runs out (cancelled when it closes).
+        self._expiry: Dict[Connection, asyncio.TimerHandle] = {}
         self.metrics = Metrics(open_connections=lambda: len(self._connections))
+        self.hub = Hub(on_sent=lambda kind, count: self.metrics.sent_of(kind).inc(count))
         self.heartbeat = Heartbeat(config.ping_interval, config.ping_timeout)
         self.redis = Redis.from_url(config.redis_url, socket_timeout=5.0,
                                     socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1))
@@ -79,14 +94,17 @@ class NotifyServer:
             interval=config.poll_interval, timeout=config.inspect_timeout,
             discovery_interval=config.discovery_interval,
             refresh_delay=config.refresh_delay, subject_arg=config.subject_arg,
-            on_poll=self.metrics.poll)
+            owner_arg=config.owner_arg, on_poll=self.metrics.poll)
         self._tasks: List[asyncio.Task] = []
         self._all_closed: Optional[asyncio.Event] = None  # set by `_closed` while stopping
         self._resumes: Set[asyncio.Task] = set()  # running replays (a Task needs a reference)
-        # The framed queue_status and the data it was built from (rebuilt when
-        # a poll moved `updated_at`, so replies always carry the latest poll time).
-        self._queue_frame: Optional[bytes] = None
+        # The framed queue_status of each scope's view (None: the whole
+        # queue; else the owners it sees that have tasks) and the data they
+        # were built from: rebuilt when a poll moved `updated_at`, so replies
+        # always carry the latest poll time.
+        self._queue_frames: Dict[Optional[FrozenSet[str]], bytes] = {}
         self._queue_frame_data: Optional[dict] = None
+        self._task_owners: FrozenSet[str] = frozenset()
 
     async def start(self, subscribe_timeout: float = 5.0) -> None:
         """Start the relay and the poller. Returns once the events subscription
@@ -126,11 +144,77 @@ class NotifyServer:
 
     # -- one client socket ----------------------------------------------------
 
-    def connect(self, stream: IOStream, close_socket, peer: str) -> Tuple[Connection, Session]:
-        """A WebSocket just opened on `stream`: its `Connection` (state and
-        writes; `close_socket(code, reason)` is Tornado's close) and its
-        `Session`. The socket is pinged from now on; it receives nothing
-        until `join` or `start_resume`. While the server is stopping, the
+    # -- who may connect --------------------------------------------------------
+
+    @property
+    def token_mode(self) -> bool:
+        """True when clients need a token (a secret is configured)."""
+        return self._authenticator is not None
+
+    def authenticate(self, token: Optional[str]) -> Scope:
+        """The scope of a client presenting `token` (None when it sent none):
+        `EVERYONE` in open mode, whatever it sent. Raises `AuthError`."""
+        if self._authenticator is None:
+            return EVERYONE
+        try:
+            return self._authenticator.verify(token)
+        except AuthError:
+            self.metrics.refused.labels("token").inc()
+            raise
+
+    def refusal(self, address: str) -> Optional[Tuple[int, str]]:
+        """(HTTP status, message) when one more socket from `address` would
+        be over a connection limit (503 in all, 429 for the address), else None."""
+        refusal = self._counter.refusal(address)
+        if refusal is not None:
+            self.metrics.refused.labels("limit").inc()
+        return refusal
+
+    def count_refused(self, reason: str) -> None:
+        """Count one refusal a handler decided (`rate`, `flood`)."""
+        self.metrics.refused.labels(reason).inc()
+
+    def action_bucket(self) -> ActionBucket:
+        """A fresh rate limit for one socket's actions."""
+        return ActionBucket(self.config.action_rate, self.config.action_burst, time.monotonic())
+
+    def refresh(self, connection: Connection, session: Session, token: str) -> bytes:
+        """Take a newer token for an open socket: the same `sub`, a later
+        expiry, its owners from now on. Returns the `refreshed` reply frame;
+        raises `ProtocolError` (`auth_disabled` in open mode, `invalid_token`
+        for a token that does not verify or is another subject's)."""
+        if self._authenticator is None:
+            raise ProtocolError(messages.AUTH_DISABLED, "this server has no tokens to refresh")
+        try:
+            scope = self._authenticator.verify(token)
+        except AuthError as exc:
+            raise ProtocolError(messages.INVALID_TOKEN, str(exc)) from None
+        if scope.sub != session.scope.sub:
+            raise ProtocolError(messages.INVALID_TOKEN,
+                                "the new token is for another subject; reconnect with it")
+        self.hub.rescope(session, scope)
+        self._schedule_expiry(connection, scope)
+        return messages.frame(messages.refreshed(scope.expires_at))
+
+    def _schedule_expiry(self, connection: Connection, scope: Scope) -> None:
+        handle = self._expiry.pop(connection, None)
+        if handle is not None:
+            handle.cancel()
+        if scope.expires_at is None or connection.state is not OPEN:
+            return
+        delay = max(0.0, scope.expires_at + self._authenticator.leeway - time.time())
+        self._expiry[connection] = asyncio.get_running_loop().call_later(
+            delay, connection.close, messages.CLOSE_UNAUTHORIZED, "token expired")
+
+    # -- one client socket ----------------------------------------------------
+
+    def connect(self, stream: IOStream, close_socket, peer: str,
+                scope: Scope = EVERYONE) -> Tuple[Connection, Session]:
+        """A WebSocket just opened on `stream` for a client seeing `scope`:
+        its `Connection` (state and writes; `close_socket(code, reason)` is
+        Tornado's close) and its `Session`. The socket is pinged from now on,
+        closed with 4001 when its token expires, and receives nothing until
+        `join` or `start_resume`. While the server is stopping, the
         connection is closed with 1001 at once."""
         session: Optional[Session] = None
 
@@ -142,9 +226,11 @@ class NotifyServer:
                                 close_socket=close_socket, on_leave=leave,
                                 on_closed=lambda: self._closed(connection),
                                 on_slow=self._slow_client_closed)
-        session = Session(connection.write, connection.close, self.metrics.delivered)
+        session = Session(connection.write, connection.close, self.metrics.delivered, scope)
         self._connections.add(connection)
+        self._counter.add(peer)
         self.heartbeat.add(connection)
+        self._schedule_expiry(connection, scope)
         if self._all_closed is not None:
             connection.close(messages.CLOSE_GOING_AWAY, "server shutting down")
         return connection, session
@@ -199,7 +285,12 @@ class NotifyServer:
                 session.release(replayed_up_to)
 
     def _closed(self, connection: Connection) -> None:
-        self._connections.discard(connection)
+        if connection in self._connections:
+            self._connections.discard(connection)
+            self._counter.remove(connection.peer)
+        handle = self._expiry.pop(connection, None)
+        if handle is not None:
+            handle.cancel()
         if self._all_closed is not None and not self._connections:
             self._all_closed.set()
 
@@ -221,21 +312,29 @@ class NotifyServer:
                 "queue_stale_reason": self.queue.stale_reason,
                 "clients": len(self._connections)}
 
-    def queue_snapshot(self) -> Tuple[Optional[dict], Optional[str]]:
-        """The latest queue data (None before any poll succeeded) and why it
-        is stale (None when fresh)."""
-        return self.queue.data(), self.queue.stale_reason
+    def queue_snapshot(self, scope: Scope = EVERYONE) -> Tuple[Optional[dict], Optional[str]]:
+        """The latest queue data `scope` may see (None before any poll
+        succeeded) and why it is stale (None when fresh)."""
+        data = self.queue.data()
+        return (None if data is None else for_scope(data, scope.owners)), self.queue.stale_reason
 
-    def queue_status_frame(self) -> bytes:
-        """The framed `queue_status` for one client: the cached snapshot, or
-        empty lists marked stale when no poll has succeeded yet."""
+    def queue_status_frame(self, scope: Scope = EVERYONE) -> bytes:
+        """The framed `queue_status` for one client seeing `scope`: the
+        cached snapshot, or empty lists marked stale when no poll has
+        succeeded yet. Clients whose view is the same share one frame."""
         data = self.queue.data()
         if data is None:
-            return messages.frame(messages.queue_status(EMPTY_QUEUE))
+            data = EMPTY_QUEUE
         if data != self._queue_frame_data:
             self._queue_frame_data = data
-            self._queue_frame = messages.frame(messages.queue_status(data))
-        return self._queue_frame
+            self._queue_frames = {}
+            self._task_owners = owners_of_tasks(data)
+        view = None if scope.owners is None else scope.owners & self._task_owners
+        frame = self._queue_frames.get(view)
+        if frame is None:
+            frame = messages.frame(messages.queue_status(for_scope(data, view)))
+            self._queue_frames[view] = frame
+        return frame
 
     def pong_frame(self) -> bytes:
         return messages.frame(messages.pong(time.time()))
@@ -249,7 +348,7 @@ class NotifyServer:
         return self.metrics.exposition()
 
     def _send_queue_status(self, session: Session) -> None:
-        session.send(self.queue_status_frame())
+        session.send(self.queue_status_frame(session.scope))
         self.count_sent(messages.QUEUE_STATUS)
 
     def _send_resync(self, session: Session, reason: str) -> None:
@@ -272,6 +371,5 @@ class NotifyServer:
         self.metrics.redis_up.set(1 if connected else 0)
 
     def _on_queue_change(self, data: dict) -> None:
-        self._queue_frame_data = data
-        self._queue_frame = messages.frame(messages.queue_status(data))
-        self.metrics.sent_of(messages.QUEUE_STATUS).inc(self.hub.send_live(self._queue_frame))
+        sent = self.hub.send_live(self.queue_status_frame(), self.queue_status_frame)
+        self.metrics.sent_of(messages.QUEUE_STATUS).inc(sent)

@@ -6,6 +6,7 @@ callables and calls these methods on the event-loop thread only.
 
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from .auth import EVERYONE, Scope
 from .messages import RESUME_IN_PROGRESS, Event, ProtocolError, parse_stream_id
 
 
@@ -18,18 +19,27 @@ class Session:
     than the live relay has got, so after `release` live events up to the
     replay's last id are dropped too, until a newer one arrives: the client
     sees one ordered stream without duplicates.
+
+    Its `scope` (`auth.Scope`) bounds everything it sends: an event whose
+    owner the scope does not see is never sent, whatever the filter. The hub
+    offers a scoped session only its owners' live events; replays and held
+    events are checked here.
     """
 
-    __slots__ = ("send", "close", "_on_sent", "_task_ids", "_avids", "_held",
-                 "_covered_through", "takes_everything", "on_mode_change", "__weakref__")
+    __slots__ = ("send", "close", "_on_sent", "scope", "_owners", "_task_ids", "_avids",
+                 "_held", "_covered_through", "takes_everything", "on_mode_change",
+                 "__weakref__")
 
     def __init__(self, send: Callable[[bytes], None], close: Callable[[int, str], None],
-                 on_sent: Optional[Callable[[Sequence[Event]], None]] = None):
+                 on_sent: Optional[Callable[[Sequence[Event]], None]] = None,
+                 scope: Scope = EVERYONE):
         """`on_sent(events)` is told of events this session sent itself: those
         filtered, replayed or held (the hub counts its shared broadcasts)."""
         self.send = send
         self.close = close
         self._on_sent = on_sent
+        self.scope = scope
+        self._owners = scope.owners
         self._task_ids: Optional[frozenset] = None
         self._avids: Optional[frozenset] = None
         self._held: Optional[List[Event]] = None
@@ -39,6 +49,11 @@ class Session:
         self.takes_everything = True
         # Called when `takes_everything` changes (the hub caches it).
         self.on_mode_change: Callable[[], None] = _nothing
+
+    def set_scope(self, scope: Scope) -> None:
+        """Replace the scope (a refreshed token). Only `Hub.rescope` calls
+        this for a session in the hub, so that its index follows."""
+        self.scope, self._owners = scope, scope.owners
 
     def subscribe(self, task_ids: Optional[frozenset], avids: Optional[frozenset]) -> None:
         """From now on, only task events for these task ids or subjects pass."""
@@ -53,6 +68,8 @@ class Session:
             self.on_mode_change()
 
     def wants(self, event: Event) -> bool:
+        if self._owners is not None and (event.owner is None or event.owner not in self._owners):
+            return False
         if self._task_ids is None and self._avids is None:
             return True
         data = event.data

@@ -10,24 +10,41 @@ and, optionally, in a task body::
     notifier.progress(3, 10, "3 of 10 parts")
 """
 
+import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from celery import Celery, current_task, signals
 
 from . import events
 from .emitter import Emitter
 
+log = logging.getLogger(__name__)
+
+# owner(args, kwargs) -> the task's owner, or None.
+OwnerFunction = Callable[[Any, Any], Optional[str]]
+
 
 def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[str] = None,
-            subject_arg: Optional[str] = None, history_maxlen: Optional[int] = None) -> "Notifier":
+            subject_arg: Optional[str] = None, owner_arg: Optional[str] = None,
+            owner: Optional[OwnerFunction] = None,
+            history_maxlen: Optional[int] = None) -> "Notifier":
     """Emit task events for every task of `app`; returns the `Notifier`.
 
     Redis is `redis_url`, else $NOTIFY_REDIS_URL, else $REDIS_URL, else the
     app's broker URL when that is a Redis URL; raises ValueError when none is
     found. The other arguments default to $NOTIFY_PREFIX ("notify"),
-    $NOTIFY_SUBJECT_ARG ("avid") and $NOTIFY_HISTORY_MAXLEN (10000); prefix
-    and subject_arg must match the server's settings of the same names.
+    $NOTIFY_SUBJECT_ARG ("avid"), $NOTIFY_OWNER_ARG ("user_id"; also when
+    empty) and $NOTIFY_HISTORY_MAXLEN (10000); prefix, subject_arg and
+    owner_arg must match the server's settings of the same names.
+
+    A task's owner is its keyword argument `owner_arg`, or, when `owner` is
+    given, what `owner(args, kwargs)` returns for the task's arguments (a
+    repr Celery sends is parsed first); owner_arg is then not read. A string
+    is the owner as it is, a whole number its decimal string; None or
+    anything else means no owner. Every event of an owned task carries it as
+    the top-level field "owner"; an `owner` that raises is logged (once per
+    exception type in each process) and the event goes out without one.
     """
     url = redis_url or os.environ.get("NOTIFY_REDIS_URL") or os.environ.get("REDIS_URL")
     broker = str(app.conf.broker_url or "")
@@ -40,7 +57,9 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[st
                       history_maxlen=history_maxlen or int(
                           os.environ.get("NOTIFY_HISTORY_MAXLEN", "10000")))
     notifier = Notifier(app, emitter,
-                        subject_arg or os.environ.get("NOTIFY_SUBJECT_ARG", "avid"))
+                        subject_arg or os.environ.get("NOTIFY_SUBJECT_ARG", "avid"),
+                        owner_arg=owner_arg or os.environ.get("NOTIFY_OWNER_ARG") or "user_id",
+                        owner=owner)
     notifier.connect()
     return notifier
 
@@ -52,10 +71,16 @@ class Notifier:
     pool child; `task_revoked` and the failure of a lost worker run in the
     parent process. The emitter makes its Redis client per process, so both
     work. No handler raises: emitting must never fail a task.
+
+    Every event of a task with an owner (see `install`) carries it as the
+    top-level "owner" of the message, beside "type" and "data".
     """
 
-    def __init__(self, app: Celery, emitter: Emitter, subject_arg: str):
+    def __init__(self, app: Celery, emitter: Emitter, subject_arg: str, *,
+                 owner_arg: str = "user_id", owner: Optional[OwnerFunction] = None):
         self.app, self.emitter, self._subject_arg = app, emitter, subject_arg
+        self._owner_arg, self._owner_function = owner_arg, owner
+        self._owner_errors_logged: set = set()
 
     def connect(self) -> None:
         signals.task_prerun.connect(self._on_prerun, weak=False)
@@ -70,37 +95,49 @@ class Notifier:
         if task is None or not task.request.id:
             return
         request = task.request
-        self.emitter.emit(events.task_progress(
-            request.id, self._subject(request.args, request.kwargs), current, total,
-            events.safe_text(message)))
+        self._emit(events.task_progress, request.id, request.args, request.kwargs,
+                   current, total, events.safe_text(message))
 
     def _mine(self, sender: Any) -> bool:
         return getattr(sender, "app", None) is self.app
 
-    def _subject(self, args: Any, kwargs: Any) -> Any:
-        return events.subject_of(args, kwargs, self._subject_arg)
+    def _emit(self, build: Callable[..., dict], task_id: str, args: Any, kwargs: Any,
+              *more: Any) -> None:
+        """Emit `build(task_id, subject, *more)`, with the task's owner if it has one."""
+        message = build(task_id, events.subject_of(args, kwargs, self._subject_arg), *more)
+        self.emitter.emit(events.with_owner(message, self._owner(args, kwargs)))
+
+    def _owner(self, args: Any, kwargs: Any) -> Optional[str]:
+        if self._owner_function is None:
+            return events.owner_of(kwargs, self._owner_arg)
+        try:
+            return events.owner_text(self._owner_function(events.arguments(args),
+                                                          events.arguments(kwargs)))
+        except Exception as exc:  # the user's function must not fail the task
+            if type(exc) not in self._owner_errors_logged:
+                self._owner_errors_logged.add(type(exc))
+                log.warning("notify: owner(args, kwargs) raised %r; events go out without "
+                            "an owner (logged once per exception type)", exc)
+            return None
 
     def _on_prerun(self, sender=None, task_id=None, args=None, kwargs=None, **_):
         if self._mine(sender):
-            self.emitter.emit(events.task_started(task_id, self._subject(args, kwargs)))
+            self._emit(events.task_started, task_id, args, kwargs)
 
     def _on_success(self, sender=None, result=None, **_):
         if self._mine(sender):
             request = sender.request
             text = "success" if result is None else events.safe_text(result)
-            self.emitter.emit(events.task_completed(
-                request.id, self._subject(request.args, request.kwargs), text))
+            self._emit(events.task_completed, request.id, request.args, request.kwargs, text)
 
     def _on_failure(self, sender=None, task_id=None, exception=None, args=None, kwargs=None, **_):
         if self._mine(sender):
-            self.emitter.emit(events.task_failed(
-                task_id, self._subject(args, kwargs), _reason(exception)))
+            self._emit(events.task_failed, task_id, args, kwargs, _reason(exception))
 
     def _on_retry(self, sender=None, request=None, reason=None, **_):
         if self._mine(sender) and request is not None:
-            self.emitter.emit(events.task_retrying(
-                request.id, self._subject(request.args, request.kwargs),
-                events.safe_text(reason)))
+            self._emit(events.task_retrying, request.id, request.args, request.kwargs,
+                       events.safe_text(reason))
 
     def _on_revoked(self, sender=None, request=None, terminated=False, signum=None,
                     expired=False, **_):
@@ -111,8 +148,7 @@ class Notifier:
                 text = f"terminated by signal {signum}"
             else:
                 text = "revoked"
-            self.emitter.emit(events.task_revoked(
-                request.id, self._subject(request.args, request.kwargs), text))
+            self._emit(events.task_revoked, request.id, request.args, request.kwargs, text)
 
 
 def _reason(exception: Any) -> str:

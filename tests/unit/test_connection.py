@@ -113,7 +113,9 @@ async def test_a_socket_that_left_open_is_never_added_to_the_hub_again(io_loop):
         redis_url="redis://127.0.0.1:1/0", broker_url="redis://127.0.0.1:1/0",
         events_channel="t:events", history_stream="t:events:history", subject_arg="avid",
         poll_interval=1.0, inspect_timeout=1.0, discovery_interval=30.0, refresh_delay=0.2,
-        max_client_buffer=1 << 20, ping_interval=25.0, ping_timeout=10.0))
+        max_client_buffer=1 << 20, ping_interval=25.0, ping_timeout=10.0, owner_arg="user_id",
+        auth_secrets=(), auth_leeway=5.0, max_connections=0, max_connections_per_ip=0,
+        action_rate=20.0, action_burst=40, max_subscribe=1000))
     closed_early, closing = [], []
     for kept in (closed_early, closing):
         ours, _peer = socket.socketpair()

@@ -45,7 +45,7 @@ def test_queue_status_goes_to_live_sessions_and_not_to_those_replaying():
     hub.add(replaying)
     replaying.hold()
 
-    assert hub.send_live(b"status") == 1
+    assert hub.send_live(b"status", lambda scope: b"scoped") == 1
     assert hub.send_all(b"resync") == 2
     assert live_sent == [b"status", b"resync"] and replaying_sent == [b"resync"]
 
