@@ -158,10 +158,11 @@ class Hub:
         returns how many got it."""
         return self._send_each(tuple(self._sessions), frame)
 
-    def send_live(self, frame: bytes, frame_for: Callable[[Scope], bytes]) -> int:
+    def send_live(self, frame: bytes, frame_for: Callable[[Scope], Optional[bytes]]) -> int:
         """Send an already-framed `queue_status` to every session that is not
         replaying (a replay ends with its own, current one): `frame` to those
-        that see everything, `frame_for(scope)` to the others; returns how many."""
+        that see everything, `frame_for(scope)` to the others (None: nothing
+        for that one); returns how many got one."""
         live = [s for s in self._sessions if not s.holding]
         return self._send_each(live, lambda session: (
             frame if session.scope.owners is None else frame_for(session.scope)))
@@ -171,7 +172,10 @@ class Hub:
         failed, sent = [], 0
         for session in sessions:
             try:
-                session.send(frame(session) if callable(frame) else frame)
+                data = frame(session) if callable(frame) else frame
+                if data is None:
+                    continue
+                session.send(data)
                 sent += 1
             except Exception as exc:
                 failed.append((session, exc))

@@ -105,6 +105,8 @@ class NotifyServer:
         self._queue_frames: Dict[Optional[FrozenSet[str]], bytes] = {}
         self._queue_frame_data: Optional[dict] = None
         self._task_owners: FrozenSet[str] = frozenset()
+        # What the last push showed each scoped view, but its poll time.
+        self._pushed_views: Dict[FrozenSet[str], dict] = {}
 
     async def start(self, subscribe_timeout: float = 5.0) -> None:
         """Start the relay and the poller. Returns once the events subscription
@@ -334,7 +336,19 @@ class NotifyServer:
         if frame is None:
             frame = messages.frame(messages.queue_status(for_scope(data, view)))
             self._queue_frames[view] = frame
+            if view is not None:
+                self._view_content(view)  # what clients with this view have now seen
         return frame
+
+    def _view_content(self, view: FrozenSet[str]) -> dict:
+        """A scoped view of the current snapshot without its poll time, kept
+        until the next push compares against it."""
+        content = self._pushed_views.get(view)
+        if content is None:
+            content = for_scope(self._queue_frame_data, view)
+            del content["updated_at"]
+            self._pushed_views[view] = content
+        return content
 
     def pong_frame(self) -> bytes:
         return messages.frame(messages.pong(time.time()))
@@ -371,5 +385,16 @@ class NotifyServer:
         self.metrics.redis_up.set(1 if connected else 0)
 
     def _on_queue_change(self, data: dict) -> None:
-        sent = self.hub.send_live(self.queue_status_frame(), self.queue_status_frame)
+        everything = self.queue_status_frame()
+        before, self._pushed_views = self._pushed_views, {}
+
+        def frame_for(scope: Scope) -> Optional[bytes]:
+            # A scoped client hears of a change only when its own view moved:
+            # pushes must not tell it when other users' tasks come and go.
+            view = scope.owners & self._task_owners
+            if before.get(view) == self._view_content(view):
+                return None
+            return self.queue_status_frame(scope)
+
+        sent = self.hub.send_live(everything, frame_for)
         self.metrics.sent_of(messages.QUEUE_STATUS).inc(sent)

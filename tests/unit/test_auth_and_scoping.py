@@ -188,3 +188,11 @@ def test_action_bucket_allows_a_burst_then_the_rate_and_detects_a_flood():
     refused = [bucket.take(0.1) for _ in range(3)]
     assert refused == [False, False, False] and bucket.flooding
     assert bucket.take(1.0) and not bucket.flooding
+
+
+def test_a_scoped_session_gets_no_queue_push_when_only_others_tasks_moved():
+    hub = Hub()
+    sent, session = scoped("alice")
+    hub.add(session)
+    assert hub.send_live(b"all", lambda scope: None) == 0
+    assert sent == []
