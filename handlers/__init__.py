@@ -1,6 +1,9 @@
 """Tornado handlers: thin adapters between HTTP/WebSocket and the core."""
 
+import re
+
 import tornado.web
+from tornado.log import access_log
 
 from .dashboard import STATIC_DIR, DashboardHandler, StaticHandler
 from .health import LivenessHandler, ReadinessHandler
@@ -8,6 +11,26 @@ from .json import ApiNotFoundHandler
 from .metrics import MetricsHandler
 from .rest import QueueStatusHandler
 from .websocket import TaskSocketHandler
+
+
+# A token in a query string (`?token=...`) is a credential: never written to the log.
+TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#]*")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line (status, method, URI, client, duration) with
+    any `token=` query value replaced by `[redacted]`."""
+    status = handler.get_status()
+    if status < 400:
+        log_method = access_log.info
+    elif status < 500:
+        log_method = access_log.warning
+    else:
+        log_method = access_log.error
+    request = handler.request
+    log_method("%d %s %s (%s) %.2fms", status, request.method,
+               TOKEN_IN_QUERY.sub(r"\1[redacted]", request.uri), request.remote_ip,
+               1000.0 * request.request_time())
 
 
 def make_application(server, *, allowed_origins, max_message_size: int,
@@ -30,5 +53,6 @@ def make_application(server, *, allowed_origins, max_message_size: int,
             (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
         ],
         allowed_origins=tuple(allowed_origins),
+        log_function=log_request,
         websocket_max_message_size=max_message_size,
     )

@@ -36,10 +36,10 @@ http {{
 """
 
 
-def site_config(listen_port: int, upstream_ports: Sequence[int]) -> str:
+def site_config(listen_port: int, upstream_ports: Sequence[int], log_dir: Path) -> str:
     """deploy/nginx.conf listening on 127.0.0.1:`listen_port`, its upstream
-    servers 127.0.0.1:8001, 8002 moved to `upstream_ports`."""
-    text = SITE.read_text()
+    servers 127.0.0.1:8001, 8002 moved to `upstream_ports`, its logs in `log_dir`."""
+    text = SITE.read_text().replace("/var/log/nginx/", f"{log_dir}/")
     text, listens = re.subn(r"^(\s*)listen 80;", rf"\g<1>listen 127.0.0.1:{listen_port};",
                             text, flags=re.M)
     assert listens == 1, "deploy/nginx.conf should have one active `listen 80;`"
@@ -59,7 +59,7 @@ class Nginx:
         self.port = port
         self.dir = Path(tempfile.mkdtemp(prefix="notify-nginx-"))
         os.chmod(self.dir, 0o755)  # nginx workers drop root and need to reach their temp dirs
-        (self.dir / "notify-server.conf").write_text(site_config(port, upstream_ports))
+        (self.dir / "notify-server.conf").write_text(site_config(port, upstream_ports, self.dir))
         (self.dir / "nginx.conf").write_text(MAIN.format(dir=self.dir))
         self.child = Child("nginx", [
             str(NGINX), "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),

@@ -53,6 +53,7 @@ def test_any_of_several_secrets_verifies_for_rotation():
     (token(valid(owners="alice")), "invalid token: 'owners' must be a list of strings"),
     (token(valid(owners=[1])), "invalid token: 'owners' must be a list of strings"),
     (token(valid(admin="yes")), "invalid token: 'admin' must be true or false"),
+    (token(valid(aud="another-service")), "invalid token: Invalid audience"),
     (token(valid(pad="x" * 9000)), "invalid token: longer than 8192 bytes"),
 ])
 def test_bad_tokens_are_refused_with_a_reason(bad, reason):

@@ -7,7 +7,7 @@ from pathlib import Path
 import settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-WORKER_VARIABLES = {"NOTIFY_REDIS_URL", "NOTIFY_PREFIX", "NOTIFY_SUBJECT_ARG",
+WORKER_VARIABLES = {"NOTIFY_REDIS_URL", "NOTIFY_PREFIX", "NOTIFY_SUBJECT_ARG", "NOTIFY_OWNER_ARG",
                     "NOTIFY_HISTORY_MAXLEN", "CELERY_APP"}
 
 
