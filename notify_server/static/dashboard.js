@@ -5,13 +5,32 @@
  * requestAnimationFrame draws each dirty part once, however many events
  * arrived. Lists are keyed by task id, so an event touches one row's text
  * and never rebuilds the others.
+ *
+ * Token mode: `/?token=JWT` gives the page its token. It is taken out of the
+ * address bar at once (history.replaceState: no screenshot or copied link
+ * shows it) and lives only in this module, which hands it to the client for
+ * every connect. A socket the server closes with 4001 (token required,
+ * expired or invalid) stops the page: the same token, or none, would be
+ * refused again, so a banner says why and how to get in instead of retrying.
  */
 
 import { NotifyClient, socketUrl } from './notify-client.js';
 import { TaskBoard } from './dashboard-state.js';
 
+/** The `token` query parameter (null if absent or empty), removed from the address bar. */
+function takeTokenFromAddress() {
+  const address = new URL(location.href);
+  if (!address.searchParams.has('token')) return null;
+  const token = address.searchParams.get('token');
+  address.searchParams.delete('token');
+  history.replaceState(history.state, '', address.href);
+  return token || null;
+}
+
+const token = takeTokenFromAddress();
 const board = new TaskBoard();
-const client = new NotifyClient(socketUrl('ws/tasks/', location.href));
+const client = new NotifyClient(socketUrl('ws/tasks/', location.href),
+  token ? { getToken: async () => token } : {});
 const element = (id) => document.getElementById(id);
 
 // -- keyed rows -------------------------------------------------------------
@@ -209,6 +228,26 @@ function drawConnection({ state, attempt, delay }) {
   setText(box, labels[state] ?? state);
 }
 
+// The server refused the socket's token (close code 4001, reason from the
+// contract: "token required", "token expired" or "invalid token: <why>").
+const TOKEN_REFUSED = 4001;
+
+function drawTokenRefused(reason) {
+  const banner = element('auth-banner');
+  let text;
+  if (reason === 'token required') {
+    text = 'Token required: this server shows tasks only to holders of a token. '
+      + 'Open this page with ?token=<your token> in its address.';
+  } else if (reason === 'token expired') {
+    text = 'Token expired: open this page again with a fresh ?token=<your token>.';
+  } else {
+    text = 'Token refused: open this page with a valid ?token=<your token>.';
+  }
+  setText(element('auth-text'), text);
+  setText(element('auth-reason'), `Server: ${reason || 'no reason given'} (close code 4001)`);
+  banner.hidden = false;
+}
+
 // -- wiring -------------------------------------------------------------------
 
 const dirty = new Set();
@@ -232,6 +271,10 @@ function draw() {
 client.on('state', (detail) => {
   drawConnection(detail);
   if (detail.state === 'open') client.getQueueStatus().catch(() => {});
+  if (detail.state === 'reconnecting' && detail.code === TOKEN_REFUSED) {
+    drawTokenRefused(detail.reason);
+    client.close();
+  }
 });
 client.on('queue_status', (data) => invalidate(board.applyQueueStatus(data)));
 client.on('resync', (data) => {

@@ -13,7 +13,9 @@
  * - After any close it did not ask for, the client reconnects by itself,
  *   waiting a random delay in [0, min(maxDelay, minDelay * 2^attempt)]
  *   (exponential backoff with full jitter), so many pages do not return at
- *   the same instant after a server restart. A successful open resets it.
+ *   the same instant after a server restart. The first message a socket
+ *   delivers resets it; an open alone does not, as a server that refuses a
+ *   socket may accept the upgrade and close it at once.
  * - It reconnects with `?last_event_id=<id of the last event received>`: the
  *   server replays what was missed, in order and without duplicates, or sends
  *   `resync` when that is no longer possible (the caller reloads its state).
@@ -22,6 +24,33 @@
  *   and replaced, instead of waiting for TCP to notice.
  * - Callbacks run in order of registration; one that throws is reported on
  *   the console and does not stop the others.
+ *
+ * Token mode (a server with NOTIFY_AUTH_SECRET set), option `getToken`:
+ *
+ *     const client = new NotifyClient(undefined, {
+ *       getToken: async () => (await fetch('/my-app/notify-token')).text(),
+ *     });
+ *
+ * - `getToken()` (async, resolves to a JWT string) is called before every
+ *   connect and reconnect; the token goes in the socket URL as `?token=`,
+ *   beside `last_event_id`. Without `getToken` no token is sent.
+ * - Before the token expires, at max(exp - 30 s, 80 % of its remaining
+ *   lifetime) with `exp` read from the token's payload, `getToken()` is
+ *   called again and its token sent on the open socket as
+ *   `{"action": "refresh", "token": ...}`; the server's `refreshed` reply
+ *   (with the new `exp`) schedules the next refresh. A refresh that fails
+ *   (`getToken()` rejects, or the server answers `error` `invalid_token`) is
+ *   tried again halfway to the expiry, at least 1 s later. When `getToken()`
+ *   returns the token already in use, nothing is sent: the server closes the
+ *   socket at expiry and the reconnect asks for a token again.
+ * - A close with 4001 (the server refused or expired the token; the reason
+ *   says which) is followed by a reconnect with backoff, which calls
+ *   `getToken()` again. `state` details carry the close `code` and `reason`.
+ * - When `getToken()` rejects (or resolves to anything but a non-empty
+ *   string), an `error` event `{code: 'token_unavailable', message}` is
+ *   emitted and the connect is retried with backoff, for as long as the
+ *   client is not closed.
+ * - The token is not checked here: `exp` is only read to time the refresh.
  */
 
 const SOCKET_PATH = '../ws/tasks/';
@@ -38,6 +67,29 @@ export function reconnectDelay(attempt, minDelay, maxDelay, random = Math.random
   return random() * Math.min(maxDelay, minDelay * 2 ** Math.min(attempt, 30));
 }
 
+/** The `exp` claim (epoch seconds) of a JWT, read without verifying it; null if it has none. */
+export function tokenExpiry(token) {
+  const payload = String(token).split('.')[1];
+  if (!payload) return null;
+  try {
+    const base64 = payload.replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(base64), (char) => char.charCodeAt(0));
+    const exp = JSON.parse(new TextDecoder().decode(bytes)).exp;
+    return Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null;
+  }
+}
+
+// setTimeout fires at once for anything longer (about 24.8 days).
+const LONGEST_TIMER = 2 ** 31 - 1;
+
+/** Ms from `now` (epoch ms) until a token expiring at `exp` (epoch s) is refreshed. */
+export function refreshDelay(exp, now = Date.now()) {
+  const remaining = exp * 1000 - now;
+  return Math.min(LONGEST_TIMER, Math.max(0, remaining - 30000, 0.8 * remaining));
+}
+
 export class NotifyClient {
   /**
    * @param {string|URL} [url] the socket URL; by default `ws/tasks/` of the
@@ -47,6 +99,8 @@ export class NotifyClient {
    * @param {number} [options.minDelay=500] ms; the first reconnect waits up to this long.
    * @param {number} [options.maxDelay=15000] ms; no reconnect waits longer.
    * @param {number} [options.heartbeat=30000] ms of silence before a ping; 0 disables.
+   * @param {() => Promise<string>} [options.getToken] token mode: resolves to the JWT
+   *   for the next connect or refresh (see the module comment).
    */
   constructor(url = socketUrl(SOCKET_PATH, import.meta.url), options = {}) {
     this.url = String(url);
@@ -63,6 +117,11 @@ export class NotifyClient {
     this._statusWaiters = [];
     this._statusRequested = false;
     this._subscription = null;
+    this._getToken = options.getToken ?? null;
+    this._dialing = null;
+    this._token = null;
+    this._offeredToken = null;
+    this._refreshTimer = null;
   }
 
   /** 'idle', 'connecting', 'open', 'reconnecting' (waiting to retry) or 'closed'. */
@@ -77,8 +136,9 @@ export class NotifyClient {
 
   /**
    * Call `fn(data, message)` for every message of `type` (`task_started`,
-   * `task_progress`, `queue_status`, `resync`, ...), or `fn(detail)` for
-   * `'state'`: `{state, attempt, delay, code}` on every connection change.
+   * `task_progress`, `queue_status`, `resync`, `error`, ...), or `fn(detail)`
+   * for `'state'`: `{state, attempt, delay, code, reason}` on every connection
+   * change (`code` and `reason` of the close that caused a `reconnecting`).
    * Returns a function that removes `fn`.
    */
   on(type, fn) {
@@ -126,6 +186,8 @@ export class NotifyClient {
   close() {
     clearTimeout(this._retryTimer);
     clearTimeout(this._silenceTimer);
+    clearTimeout(this._refreshTimer);
+    this._dialing = null;
     const socket = this._socket;
     this._socket = null;
     if (socket) socket.close(1000, 'client closed');
@@ -135,9 +197,31 @@ export class NotifyClient {
     this._setState('closed', {});
   }
 
+  // Ask for a token first in token mode; a close() meanwhile cancels the dial.
   _open() {
+    this._setState('connecting', { attempt: this._attempt });
+    if (!this._getToken) {
+      this._dial(null);
+      return;
+    }
+    const dialing = {};
+    this._dialing = dialing;
+    this._fetchToken().then((token) => {
+      if (dialing === this._dialing) this._dial(token);
+    }, (error) => {
+      if (dialing !== this._dialing) return;
+      this._dialing = null;
+      this._emitTokenUnavailable(error);
+      this._retryLater({ code: null, reason: 'no token' });
+    });
+  }
+
+  _dial(token) {
+    this._dialing = null;
+    this._token = token;
     const url = new URL(this.url);
     if (this._lastEventId !== null) url.searchParams.set('last_event_id', this._lastEventId);
+    if (token !== null) url.searchParams.set('token', token);
     const socket = new WebSocket(url.href);
     this._socket = socket;
     this._statusRequested = false;
@@ -146,18 +230,17 @@ export class NotifyClient {
       if (socket === this._socket) this._receive(event.data);
     };
     socket.onclose = (event) => {
-      if (socket === this._socket) this._lost(event.code);
+      if (socket === this._socket) this._lost(event.code, event.reason);
     };
-    this._setState('connecting', { attempt: this._attempt });
   }
 
   _opened(socket) {
     if (socket !== this._socket) return;
-    this._attempt = 0;
     this._setState('open', {});
     if (this._subscription) this.send(this._subscription);
     if (this._statusWaiters.length) this._requestStatus();
     this._expectTraffic();
+    if (this._token !== null) this._scheduleRefresh(tokenExpiry(this._token));
   }
 
   _receive(text) {
@@ -168,22 +251,98 @@ export class NotifyClient {
       return;
     }
     if (message === null || typeof message !== 'object') return;
+    this._attempt = 0;
     this._expectTraffic();
     if (typeof message.id === 'string') this._lastEventId = message.id;
     if (message.type === 'queue_status') {
       this._statusRequested = false;
       for (const waiter of this._statusWaiters.splice(0)) waiter.resolve(message.data);
+    } else if (message.type === 'refreshed') {
+      this._tokenRefreshed(message.data);
+    } else if (message.type === 'error') {
+      this._refreshRefused(message.data);
     }
     this._emit(message.type, message.data, message);
   }
 
-  _lost(code) {
+  _lost(code, reason = '') {
     clearTimeout(this._silenceTimer);
+    clearTimeout(this._refreshTimer);
     this._socket = null;
+    this._offeredToken = null;
+    this._retryLater({ code, reason });
+  }
+
+  // The timer is set before the state is announced, so a 'state' callback
+  // that calls close() cancels it.
+  _retryLater(detail) {
     const delay = reconnectDelay(this._attempt, this.minDelay, this.maxDelay);
     this._attempt += 1;
-    this._setState('reconnecting', { attempt: this._attempt, delay, code });
     this._retryTimer = setTimeout(() => this._open(), delay);
+    this._setState('reconnecting', { attempt: this._attempt, delay, ...detail });
+  }
+
+  // -- token mode ---------------------------------------------------------------
+
+  /** getToken()'s token; rejects unless it is a non-empty string. */
+  async _fetchToken() {
+    const token = await this._getToken();
+    if (typeof token !== 'string' || !token) {
+      throw new TypeError(`getToken gave ${token === '' ? 'an empty string' : typeof token}`);
+    }
+    return token;
+  }
+
+  _emitTokenUnavailable(error) {
+    const message = error instanceof Error ? error.message : String(error);
+    this._emit('error', { code: 'token_unavailable', message }, undefined);
+  }
+
+  _scheduleRefresh(exp) {
+    clearTimeout(this._refreshTimer);
+    if (exp === null || !Number.isFinite(exp)) return;
+    this._refreshTimer = setTimeout(() => this._refresh(), refreshDelay(exp));
+  }
+
+  // Again halfway to the expiry of the token in use, at least 1 s from now;
+  // past it the server closes the socket (4001) and the reconnect takes over.
+  _retryRefresh() {
+    const exp = tokenExpiry(this._token);
+    if (exp === null) return;
+    const remaining = exp * 1000 - Date.now();
+    if (remaining <= 1000) return;
+    const delay = Math.min(LONGEST_TIMER, Math.max(1000, remaining / 2));
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = setTimeout(() => this._refresh(), delay);
+  }
+
+  async _refresh() {
+    const socket = this._socket;
+    let token;
+    try {
+      token = await this._fetchToken();
+    } catch (error) {
+      if (socket !== this._socket) return;
+      this._emitTokenUnavailable(error);
+      this._retryRefresh();
+      return;
+    }
+    if (socket !== this._socket || token === this._token) return;
+    this._offeredToken = token;
+    if (!this.send({ action: 'refresh', token })) this._offeredToken = null;
+  }
+
+  _tokenRefreshed(data) {
+    if (this._offeredToken === null) return;
+    this._token = this._offeredToken;
+    this._offeredToken = null;
+    this._scheduleRefresh(Number.isFinite(data?.exp) ? data.exp : tokenExpiry(this._token));
+  }
+
+  _refreshRefused(data) {
+    if (this._offeredToken === null || data?.code !== 'invalid_token') return;
+    this._offeredToken = null;
+    this._retryRefresh();
   }
 
   _requestStatus() {
@@ -199,7 +358,7 @@ export class NotifyClient {
       this.send({ action: 'ping' });
       this._silenceTimer = setTimeout(() => {
         const socket = this._socket;
-        this._lost(4000);
+        this._lost(4000, 'no reply to ping');
         socket.close(4000, 'no reply to ping');
       }, this.heartbeat / 3);
     }, this.heartbeat);

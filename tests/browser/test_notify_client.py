@@ -7,12 +7,27 @@ on demand.
 
 import json
 import re
+import time
+import uuid
 
+import jwt
 import pytest
 
 from tests.support.tasks import submit, unique_avid
 
 MOCK_SOCKET = re.compile(r"/mock/ws/tasks/")
+# The scripted socket checks no signature: any key makes a well-formed JWT.
+MOCK_KEY = "mock-socket-key-not-checked-by-anyone"
+
+
+def token(sub: str, seconds: float) -> str:
+    """A JWT for `sub` expiring `seconds` from now, unlike any other (its own `jti`)."""
+    return jwt.encode({"sub": sub, "exp": int(time.time() + seconds), "jti": uuid.uuid4().hex},
+                      MOCK_KEY, algorithm="HS256")
+
+
+def expiry(token: str) -> int:
+    return jwt.decode(token, options={"verify_signature": False})["exp"]
 
 
 @pytest.fixture
@@ -26,22 +41,37 @@ def same_origin_page(page, server_port):
     return page
 
 
-def start_client(page, url=None, subscription=None, **options) -> None:
+def start_client(page, url=None, subscription=None, tokens=None, **options) -> None:
     """`window.client`, connected (subscribed first, if given); its state
-    changes go to `window.states` and every task event to `window.events` as
-    [type, task_id, id]."""
-    page.evaluate("""async ([url, subscription, options]) => {
+    changes go to `window.states`, every task event to `window.events` as
+    [type, task_id, id] and every `error` to `window.errors`.
+
+    With `tokens`, its getToken gives them in turn (the last one again and
+    again; None rejects with "signed out"), counted in `window.tokenCalls`.
+    """
+    page.evaluate("""async ([url, subscription, tokens, options]) => {
         const { NotifyClient } = await import('/static/notify-client.js');
+        window.tokenCalls = 0;
+        if (tokens) {
+            options.getToken = async () => {
+                const token = tokens[Math.min(window.tokenCalls, tokens.length - 1)];
+                window.tokenCalls += 1;
+                if (token === null) throw new Error('signed out');
+                return token;
+            };
+        }
         const client = url ? new NotifyClient(url, options) : new NotifyClient(undefined, options);
         window.states = [];
         window.events = [];
+        window.errors = [];
         client.on('state', (detail) => window.states.push(detail));
+        client.on('error', (data) => window.errors.push(data));
         for (const type of ['task_started', 'task_progress', 'task_completed', 'task_failed']) {
             client.on(type, (data, message) => window.events.push([type, data.task_id, message.id]));
         }
         if (subscription) client.subscribe(subscription);
         window.client = client.connect();
-    }""", [url, subscription, options])
+    }""", [url, subscription, tokens, options])
 
 
 def test_client_resolves_queue_status_and_calls_back_on_each_task_event(
@@ -159,3 +189,117 @@ def test_socket_url_follows_the_page_scheme_and_path_prefix(same_origin_page):
     }""")
     assert urls == ["wss://example.com/tasks-monitor/ws/tasks/", "ws://example.com:8080/ws/tasks/",
                     "wss://example.com/tasks-monitor/ws/tasks/"]
+
+
+def test_client_asks_for_a_token_before_every_connect_and_after_a_4001_close(
+        same_origin_page, server_port):
+    page = same_origin_page
+    urls = []
+    started = {"id": "1700000000000-7", "type": "task_started",
+               "data": {"task_id": "t7", "avid": "A-7", "status": "started"}}
+
+    def scripted_server(socket):
+        """First connection: an event, then the server's close for an expired token."""
+        connection = len(urls) + 1
+        urls.append(socket.url)
+
+        def answer(frame):
+            if connection == 1:
+                socket.send(json.dumps(started))
+                socket.close(code=4001, reason="token expired")
+
+        socket.on_message(answer)
+
+    page.route_web_socket(MOCK_SOCKET, scripted_server)
+    start_client(page, f"ws://127.0.0.1:{server_port}/mock/ws/tasks/", {"avids": ["A-7"]},
+                 tokens=["opaque-1", "opaque-2"], minDelay=50, maxDelay=200)
+
+    page.wait_for_function("() => window.states.filter((s) => s.state === 'open').length === 2")
+    base = f"ws://127.0.0.1:{server_port}/mock/ws/tasks/"
+    assert urls == [f"{base}?token=opaque-1",
+                    f"{base}?last_event_id=1700000000000-7&token=opaque-2"]
+    assert page.evaluate("() => window.tokenCalls") == 2
+    states = page.evaluate("() => window.states")
+    assert [s["state"] for s in states] == [
+        "connecting", "open", "reconnecting", "connecting", "open"]
+    assert states[2]["code"] == 4001 and states[2]["reason"] == "token expired"
+    assert 0 <= states[2]["delay"] <= 50
+
+
+def test_client_backs_off_and_reports_each_failure_while_get_token_rejects(
+        same_origin_page, server_port):
+    page = same_origin_page
+    urls = []
+    page.route_web_socket(MOCK_SOCKET, lambda socket: urls.append(socket.url))
+    start_client(page, f"ws://127.0.0.1:{server_port}/mock/ws/tasks/",
+                 tokens=[None, None, None, "opaque-ok"], minDelay=50, maxDelay=1000)
+
+    page.wait_for_function("() => client.state === 'open'")
+    assert urls == [f"ws://127.0.0.1:{server_port}/mock/ws/tasks/?token=opaque-ok"]
+    assert page.evaluate("() => window.errors") == \
+        [{"code": "token_unavailable", "message": "signed out"}] * 3
+    states = page.evaluate("() => window.states")
+    assert [s["state"] for s in states] == (
+        ["connecting", "reconnecting"] * 3 + ["connecting", "open"])
+    waits = [s for s in states if s["state"] == "reconnecting"]
+    assert [s["attempt"] for s in waits] == [1, 2, 3]
+    assert all(s["code"] is None and s["reason"] == "no token" for s in waits)
+    for wait, ceiling in zip(waits, [50, 100, 200]):
+        assert 0 <= wait["delay"] <= ceiling
+
+
+def test_client_refreshes_its_token_on_the_open_socket_before_it_expires(
+        same_origin_page, server_port):
+    page = same_origin_page
+    urls, refreshes = [], []
+    first, refused, accepted = token("alice", 10), token("alice", 10), token("alice", 3600)
+    accepted_exp = expiry(accepted)
+
+    def scripted_server(socket):
+        """Refuses the first refresh (invalid_token) and accepts the second."""
+        urls.append(socket.url)
+
+        def answer(frame):
+            action = json.loads(frame)
+            refreshes.append((time.time(), action))
+            if len(refreshes) == 1:
+                reply = {"type": "error", "data": {"code": "invalid_token", "message": "bad"}}
+            else:
+                reply = {"type": "refreshed", "data": {"exp": accepted_exp}}
+            socket.send(json.dumps(reply))
+
+        socket.on_message(answer)
+
+    page.route_web_socket(MOCK_SOCKET, scripted_server)
+    start_client(page, f"ws://127.0.0.1:{server_port}/mock/ws/tasks/",
+                 tokens=[first, refused, accepted, "never-asked-for"])
+
+    page.wait_for_function("() => window.tokenCalls >= 3", timeout=15_000)
+    page.wait_for_function("() => window.errors.length === 1")
+    first_exp = expiry(first)
+    assert [action for _, action in refreshes] == [
+        {"action": "refresh", "token": refused}, {"action": "refresh", "token": accepted}]
+    assert all(at < first_exp for at, _ in refreshes), \
+        f"refreshed at {[at for at, _ in refreshes]}, after the token's exp {first_exp}"
+    assert refreshes[1][0] - refreshes[0][0] >= 0.9, "a refused refresh was retried at once"
+    assert urls == [f"ws://127.0.0.1:{server_port}/mock/ws/tasks/?token={first}"]
+    assert [s["state"] for s in page.evaluate("() => window.states")] == ["connecting", "open"]
+    page.wait_for_timeout(500)
+    assert page.evaluate("() => window.tokenCalls") == 3, "refreshed again long before the new exp"
+
+
+def test_token_expiry_is_read_from_the_payload_and_refresh_comes_before_it(same_origin_page):
+    long_lived, short_lived = token("ålice", 3600), token("bob", 4)
+    result = same_origin_page.evaluate("""async ([longLived, shortLived]) => {
+        const { tokenExpiry, refreshDelay } = await import('/static/notify-client.js');
+        return {
+            expiries: [tokenExpiry(longLived), tokenExpiry(shortLived), tokenExpiry('opaque'),
+                       tokenExpiry('a.!!!.c'), tokenExpiry('a.e30.c')],
+            delays: [refreshDelay(1700003600, 1700000000000),
+                     refreshDelay(1700000004, 1700000000000),
+                     refreshDelay(1699999999, 1700000000000), refreshDelay(1e12, 0)],
+        };
+    }""", [long_lived, short_lived])
+    assert result["expiries"][:2] == [expiry(long_lived), expiry(short_lived)]
+    assert result["expiries"][2:] == [None, None, None]
+    assert result["delays"] == [3_570_000, 3200, 0, 2**31 - 1]
