@@ -1,7 +1,9 @@
 """WebSocket: `/ws/tasks/`, the seed's socket (docs/protocol.md, "WebSocket")."""
 
+import logging
 import time
 
+import tornado.web
 import tornado.websocket
 
 from notify_server import messages
@@ -10,6 +12,8 @@ from notify_server.messages import ProtocolError
 
 from .json import write_envelope
 from .origin import origin_allowed
+
+log = logging.getLogger(__name__)
 
 
 class TaskSocketHandler(tornado.websocket.WebSocketHandler):
@@ -40,11 +44,21 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         self.connection = None
         self.session = None
         self.bucket = None
+        self.token = self.last_event_id = None
 
     async def get(self, *args, **kwargs) -> None:
         refusal = self.server.refusal(self.request.remote_ip)
         if refusal is not None:
             write_envelope(self, *refusal, None)
+            return
+        # Read before the upgrade: a query argument that is not UTF-8 is a 400
+        # here, not an exception in `open` after the 101.
+        try:
+            self.token = (self.get_query_argument("token", None)
+                          or bearer_token(self.request.headers.get("Authorization")))
+            self.last_event_id = self.get_query_argument("last_event_id", None)
+        except tornado.web.HTTPError:
+            write_envelope(self, 400, "query arguments must be UTF-8", None)
             return
         await super().get(*args, **kwargs)
 
@@ -55,28 +69,32 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         # Tornado turns Nagle back on after the upgrade; small frames must not wait for ACKs.
         self.set_nodelay(True)
         try:
-            scope = self.server.authenticate(self._token())
+            scope = self.server.authenticate(self.token)
         except AuthError as exc:
             self.close(messages.CLOSE_UNAUTHORIZED, str(exc))
             return
         self.bucket = self.server.action_bucket()
         self.connection, self.session = self.server.connect(
             self.ws_connection.stream, self.close, self.request.remote_ip, scope)
-        last_event_id = self.get_query_argument("last_event_id", None)
-        if last_event_id is None:
+        try:
+            self._start()
+        except Exception:
+            # Tornado would drop the stream without `on_close`: the socket would stay counted.
+            log.exception("opening a client socket failed; closing it with %d",
+                          messages.CLOSE_INTERNAL_ERROR)
+            self.connection.close(messages.CLOSE_INTERNAL_ERROR, "internal error; reconnect")
+
+    def _start(self) -> None:
+        if self.last_event_id is None:
             self.server.join(self.connection, self.session)
             return
         try:
-            action = messages.parse_resume_argument(last_event_id)
+            action = messages.parse_resume_argument(self.last_event_id)
         except ProtocolError as exc:
             self.server.join(self.connection, self.session)
             self._reply(messages.ERROR, messages.frame(exc.reply()))
             return
         self.server.start_resume(self.connection, self.session, action.last_event_id)
-
-    def _token(self):
-        return (self.get_query_argument("token", None)
-                or bearer_token(self.request.headers.get("Authorization")))
 
     def on_message(self, frame) -> None:
         if self.connection is None:  # refused in `open`; closing

@@ -144,14 +144,21 @@ def parse_event(payload: bytes, stream_id: Optional[str] = None) -> Event:
     return Event(type=kind, data=data, id=event_id, owner=owner, key=key)
 
 
+MAX_STREAM_PART = 2 ** 64 - 1
+
+
 def parse_stream_id(value: Any) -> Optional[Tuple[int, int]]:
     """The (milliseconds, sequence) of a Redis stream id, or None if malformed."""
     if not isinstance(value, str):
         return None
     millis, _, sequence = value.partition("-")
-    if not millis.isdigit() or not sequence.isdigit():
+    # ASCII digits only: str.isdigit() is also true for "²" or "١", which int() or Redis refuse.
+    if not (millis.isascii() and millis.isdigit() and sequence.isascii() and sequence.isdigit()):
         return None
-    return int(millis), int(sequence)
+    key = int(millis), int(sequence)
+    if key[0] > MAX_STREAM_PART or key[1] > MAX_STREAM_PART:
+        return None  # Redis stream ids are two unsigned 64-bit numbers
+    return key
 
 
 # -- frames from clients ------------------------------------------------------

@@ -14,7 +14,7 @@ from notify_server import messages
 from notify_server.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server
-from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT,
+from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, upgrade,
                                   raw_handshake, read_until_eof, reset, send_frame,
                                   split_frames)
 from tests.support.tasks import submit, unique_avid
@@ -175,3 +175,27 @@ async def test_pongs_and_events_arrive_whole_and_in_order_to_a_slow_reader_that_
         assert {opcode for opcode, _ in frames} <= {OPCODE_TEXT, OPCODE_PONG}
     finally:
         assert server.stop() == 0
+
+
+async def test_query_arguments_that_are_not_utf8_get_400_and_cost_no_connection_slot(
+        redis_server):
+    # Before: the 101 went out, `open` raised, Tornado dropped the stream without
+    # `on_close`, and each such socket held a per-address slot until a ping failed.
+    server, port = start_server(redis_server.url, env={
+        "NOTIFY_MAX_CONNECTIONS_PER_IP": "2", "NOTIFY_PING_INTERVAL": "0"})
+    try:
+        for query in ("last_event_id=%FF", "token=%FF", "last_event_id=%FF", "token=%C3"):
+            head, sock = upgrade(port, query)
+            sock.close()
+            assert head.startswith(b"HTTP/1.1 400 "), (query, head)
+        client = await WsClient.connect(port, "last_event_id=%C2%B2-0")  # "²-0"
+        assert (await client.next())["type"] == "queue_status"
+        refused = await client.next()
+        assert refused["data"]["code"] == "invalid_argument"
+        second = await WsClient.connect(port)
+        assert (await second.next())["type"] == "queue_status"
+        client.close()
+        second.close()
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.output)

@@ -76,6 +76,10 @@ def test_stream_ids_order_numerically_not_lexically():
     assert messages.parse_stream_id("10-0") > messages.parse_stream_id("9-5")
     assert messages.parse_stream_id("9-10") > messages.parse_stream_id("9-9")
     assert messages.parse_stream_id("9") is None and messages.parse_stream_id(9) is None
+    # Digits str.isdigit() accepts but int() or Redis refuse, and ids beyond 64 bits.
+    for odd in ("²-0", "0-①", "١-٠", f"{2 ** 64}-0", f"0-{2 ** 64}", "+1-0", " 1-0"):
+        assert messages.parse_stream_id(odd) is None, odd
+    assert messages.parse_stream_id(f"{2 ** 64 - 1}-{2 ** 64 - 1}") == (2 ** 64 - 1,) * 2
 
 
 def test_safe_text_never_raises_and_is_bounded():
