@@ -45,10 +45,19 @@ def make_inspect_app(broker_url: str) -> Celery:
     return app
 
 
+class InspectTimeout(TimeoutError):
+    """An inspect poll that overran its time limit (a hung broker connection)."""
+
+
+def _overran(signum, frame) -> None:
+    raise InspectTimeout("the inspect poll did not finish in time")
+
+
 def _start_inspect_process(broker_url: str) -> None:
     global _inspect_app
     # Ctrl-C reaches the whole process group: the server shuts this process down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _overran)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _inspect_app = make_inspect_app(broker_url)
 
@@ -94,7 +103,18 @@ def _inspect(destination: Optional[List[str]], timeout: float) -> Tuple[Replies,
     """
     limit = len(destination) if destination else None
     inspect = _inspect_app.control.inspect(timeout=timeout, destination=destination, limit=limit)
-    return inspect.active(), inspect.scheduled(), inspect.reserved()
+    # A connection that hangs would stop every later poll: the three calls and
+    # a reconnect get a generous limit, after which the poll fails (a broker fault).
+    signal.setitimer(signal.ITIMER_REAL, inspect_time_limit(timeout))
+    try:
+        return inspect.active(), inspect.scheduled(), inspect.reserved()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def inspect_time_limit(timeout: float) -> float:
+    """How long one poll (three calls of up to `timeout` each) may take in all."""
+    return 3 * timeout + 10.0
 
 
 class QueuePoller:

@@ -2,6 +2,8 @@
 
 import socket
 
+import pytest
+
 from notify_server.poll_outcome import (HALF_ANSWERED, NO_WORKER, classify_failure, judge)
 
 A, B = "celery@a", "celery@b"
@@ -99,3 +101,35 @@ def test_workers_taking_turns_at_part_answering_do_not_repeat_the_poll_for_ever(
 
     assert first.poll_again and first.stale_reason is None
     assert not second.poll_again and second.stale_reason is not None
+
+
+def test_a_hung_inspect_call_fails_the_poll_after_its_time_limit(monkeypatch):
+    """The helper process's guard, run here in the main thread: a call that never
+    returns is interrupted (the server saw polls stop for good 1 run in 5)."""
+    import signal
+    import threading
+
+    from notify_server import poller
+
+    released = threading.Event()
+
+    class HungInspect:
+        def active(self):
+            released.wait(60)  # a broker connection that never answers
+
+    class App:
+        class control:
+            @staticmethod
+            def inspect(**_):
+                return HungInspect()
+
+    monkeypatch.setattr(poller, "_inspect_app", App)
+    monkeypatch.setattr(poller, "inspect_time_limit", lambda timeout: 0.2)
+    previous = signal.signal(signal.SIGALRM, poller._overran)
+    try:
+        with pytest.raises(poller.InspectTimeout):
+            poller._inspect(None, 1.0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        released.set()
+    assert isinstance(poller.InspectTimeout(), OSError)  # counted as a broker fault
