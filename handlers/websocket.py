@@ -8,6 +8,7 @@ import tornado.websocket
 
 from notify_server import messages
 from notify_server.auth import AuthError, bearer_token
+from notify_server.connection import OPEN
 from notify_server.messages import ProtocolError
 
 from .json import write_envelope
@@ -45,6 +46,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         self.session = None
         self.bucket = None
         self.token = self.last_event_id = None
+        self.release_slot = None  # a refused socket's hold on its address's connection slot
 
     async def get(self, *args, **kwargs) -> None:
         refusal = self.server.refusal(self.request.remote_ip)
@@ -71,6 +73,9 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         try:
             scope = self.server.authenticate(self.token)
         except AuthError as exc:
+            # Until its close handshake ends it still counts against its address:
+            # sockets without a token cannot be piled up past the limit either.
+            self.release_slot = self.server.hold_slot(self.request.remote_ip)
             self.close(messages.CLOSE_UNAUTHORIZED, str(exc))
             return
         self.bucket = self.server.action_bucket()
@@ -97,7 +102,9 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         self.server.start_resume(self.connection, self.session, action.last_event_id)
 
     def on_message(self, frame) -> None:
-        if self.connection is None:  # refused in `open`; closing
+        # Refused in `open`, or closing: Tornado still hands over what arrives
+        # until the client's close frame; none of it is acted on or counted.
+        if self.connection is None or self.connection.state is not OPEN:
             return
         if not self.bucket.take(time.monotonic()):
             self._rate_limited()
@@ -133,6 +140,9 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         if self.connection is not None:
             self.connection.lost()
+        if self.release_slot is not None:
+            self.release_slot()
+            self.release_slot = None
 
     def on_pong(self, data: bytes) -> None:
         if self.connection is not None:

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -171,6 +171,19 @@ class NotifyServer:
         if refusal is not None:
             self.metrics.refused.labels("limit").inc()
         return refusal
+
+    def hold_slot(self, address: str) -> Callable[[], None]:
+        """Count a socket that is not `connect`ed (refused, closing) against the
+        connection limits; returns the function that stops counting it."""
+        self._counter.add(address)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._counter.remove(address)
+        return release
 
     def count_refused(self, reason: str) -> None:
         """Count one refusal a handler decided (`rate`, `flood`)."""
