@@ -3,6 +3,7 @@ every error, and CORS for the allowed origins."""
 
 import tornado.web
 from tornado.httputil import responses
+from tornado.log import app_log, gen_log
 
 from notify_server import messages
 
@@ -14,6 +15,20 @@ def write_envelope(handler: tornado.web.RequestHandler, code: int, message: str,
     handler.set_status(code)
     handler.set_header("Content-Type", "application/json; charset=UTF-8")
     handler.finish(messages.encode({"code": code, "message": message, "data": data}))
+
+
+def log_exception(handler: tornado.web.RequestHandler, typ, value, tb) -> None:
+    """Tornado's log of an error in a handler, without the request's query
+    string (a `?token=` is a credential): HTTP errors as a warning, anything
+    else as an error with its traceback."""
+    request = handler.request
+    summary = f"{request.method} {request.path} ({request.remote_ip})"
+    if isinstance(value, tornado.web.HTTPError):
+        if value.log_message:
+            gen_log.warning("%d %s: %s", value.status_code, summary,
+                            value.log_message % value.args if value.args else value.log_message)
+        return
+    app_log.error("Uncaught exception %s", summary, exc_info=(typ, value, tb))
 
 
 # Headers a browser may send cross-origin (Authorization for tokens, Content-Type for JSON).
@@ -59,6 +74,9 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def send_envelope(self, code: int, message: str, data) -> None:
         write_envelope(self, code, message, data)
+
+    def log_exception(self, typ, value, tb) -> None:
+        log_exception(self, typ, value, tb)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]

@@ -1,5 +1,6 @@
 """WebSocket: `/ws/tasks/`, the seed's socket (docs/protocol.md, "WebSocket")."""
 
+import asyncio
 import logging
 import time
 
@@ -11,7 +12,7 @@ from notify_server.auth import AuthError, bearer_token
 from notify_server.connection import OPEN
 from notify_server.messages import ProtocolError
 
-from .json import write_envelope
+from .json import log_exception, write_envelope
 from .origin import origin_allowed
 
 log = logging.getLogger(__name__)
@@ -101,24 +102,27 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
             return
         self.server.start_resume(self.connection, self.session, action.last_event_id)
 
-    def on_message(self, frame) -> None:
+    def on_message(self, frame):
         # Refused in `open`, or closing: Tornado still hands over what arrives
         # until the client's close frame; none of it is acted on or counted.
         if self.connection is None or self.connection.state is not OPEN:
-            return
+            return None
         if not self.bucket.take(time.monotonic()):
-            self._rate_limited()
-            return
+            return self._rate_limited()
+        return self._handle(frame)
+
+    def _handle(self, frame) -> None:
         try:
             self._act(messages.parse_action(frame, self.server.config.max_subscribe))
         except ProtocolError as exc:
             self._reply(messages.ERROR, messages.frame(exc.reply()))
 
-    def _rate_limited(self) -> None:
+    def _rate_limited(self):
         if self.bucket.flooding:
             self.server.count_refused("flood")
+            stream = self.ws_connection.stream  # Tornado forgets it on close
             self.connection.close(messages.CLOSE_POLICY, "rate limit exceeded")
-            return
+            return _until_closed(stream)
         self.server.count_refused("rate")
         self._reply(messages.ERROR, messages.frame(messages.error(
             messages.RATE_LIMITED, f"more than {self.bucket.rate:g} actions per second; "
@@ -155,3 +159,18 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     def _reply(self, kind: str, frame: bytes) -> None:
         self.connection.write(frame)
         self.server.count_sent(kind)
+
+    def log_exception(self, typ, value, tb) -> None:
+        log_exception(self, typ, value, tb)
+
+
+def _until_closed(stream) -> asyncio.Future:
+    """A future done when `stream` closes. Returned from `on_message`, Tornado
+    awaits it before it reads the next frame: a flood already in the receive
+    buffer is not even parsed (it would hold the event loop for every other
+    client), and Tornado drops the connection when its close handshake times out."""
+    closed = asyncio.get_running_loop().create_future()
+    stream.set_close_callback(lambda: closed.done() or closed.set_result(None))
+    if stream.closed():
+        closed.set_result(None)
+    return closed

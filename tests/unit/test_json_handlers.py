@@ -8,14 +8,18 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from handlers import make_application
+from notify_server.auth import EVERYONE
 
 
 class BrokenServer:
-    def queue_snapshot(self):
+    def authenticate(self, token):
+        return EVERYONE
+
+    def queue_snapshot(self, scope):
         raise RuntimeError("a bug behind the endpoint")
 
 
-async def test_an_internal_error_on_the_api_is_the_json_envelope_with_cors(io_loop):
+async def test_an_internal_error_on_the_api_is_the_json_envelope_with_cors(io_loop, caplog):
     application = make_application(BrokenServer(), allowed_origins=("http://app.test",),
                                    max_message_size=1024)
     [sock] = bind_sockets(0, "127.0.0.1")
@@ -23,7 +27,7 @@ async def test_an_internal_error_on_the_api_is_the_json_envelope_with_cors(io_lo
     http_server.add_sockets([sock])
     try:
         response = await AsyncHTTPClient().fetch(
-            f"http://127.0.0.1:{sock.getsockname()[1]}/api/tasks/queue/status",
+            f"http://127.0.0.1:{sock.getsockname()[1]}/api/tasks/queue/status?token=sEcReT",
             headers={"Origin": "http://app.test"}, raise_error=False)
     finally:
         http_server.stop()
@@ -33,3 +37,8 @@ async def test_an_internal_error_on_the_api_is_the_json_envelope_with_cors(io_lo
                                          "data": None}
     assert response.headers["Access-Control-Allow-Origin"] == "http://app.test"
     assert response.headers["Content-Type"].startswith("application/json")
+    # The bug is logged with its traceback, the token in the query string is not.
+    [logged] = [r for r in caplog.records if r.name == "tornado.application"]
+    assert "RuntimeError: a bug behind the endpoint" in caplog.text
+    assert "GET /api/tasks/queue/status (127.0.0.1)" in logged.getMessage()
+    assert "sEcReT" not in caplog.text
