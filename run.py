@@ -41,7 +41,8 @@ async def serve(settings: settings_module.Settings, sockets: List[socket.socket]
                 on_stopping: Callable[[], None]) -> None:
     """Serve on the bound `sockets` until SIGINT or SIGTERM, then shut down
     cleanly; `on_stopping()` is called as soon as a signal arrives."""
-    server = NotifyServer(settings.server_config())
+    instance = f"{socket.gethostname()}:{sockets[0].getsockname()[1]}:{os.getpid()}"
+    server = NotifyServer(settings.server_config(instance))
     application = make_application(server, allowed_origins=settings.allowed_origins,
                                    max_message_size=settings.max_message_size,
                                    metrics_token=settings.metrics_token)

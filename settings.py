@@ -204,6 +204,9 @@ SETTINGS = (
             "largest HTTP request head (request line and headers, the ?token= too)"),
     Setting("header_timeout", "NOTIFY_HEADER_TIMEOUT", _seconds(0, inclusive=False),
             "seconds a client may take to send its request headers (and stay idle on HTTP)"),
+    Setting("leader_ttl", "NOTIFY_LEADER_TTL", _seconds(0.3, inclusive=True),
+            "seconds the poller lease lasts: of all processes on one Redis, its holder polls "
+            "inspect; a dead one is replaced within twice this"),
     Setting("log_level", "NOTIFY_LOG_LEVEL", _log_level, "logging level"),
     Setting("xheaders", "NOTIFY_XHEADERS", _bool,
             "trust X-Real-IP/X-Forwarded-For and X-Forwarded-Proto from a reverse proxy"),
@@ -241,6 +244,7 @@ class Settings:
     max_subscribe: int = 1000
     max_header_size: int = 16384
     header_timeout: float = 10.0
+    leader_ttl: float = 5.0
     log_level: str = "INFO"
     xheaders: bool = False
     demo: bool = False
@@ -254,11 +258,24 @@ class Settings:
         return f"{self.prefix}:events:history"
 
     @property
+    def queue_channel(self) -> str:
+        return f"{self.prefix}:queue"
+
+    @property
+    def queue_key(self) -> str:
+        return f"{self.prefix}:queue:snapshot"
+
+    @property
+    def leader_key(self) -> str:
+        return f"{self.prefix}:poller:leader"
+
+    @property
     def effective_broker_url(self) -> Optional[str]:
         return self.broker_url or self.redis_url
 
-    def server_config(self) -> ServerConfig:
-        """What the core needs; `redis_url` must be set (run.py fills it in)."""
+    def server_config(self, instance: str) -> ServerConfig:
+        """What the core needs; `redis_url` must be set (run.py fills it in).
+        `instance` names this process (host:port:pid) to the others."""
         return ServerConfig(
             redis_url=self.redis_url, broker_url=self.effective_broker_url,
             events_channel=self.events_channel, history_stream=self.history_stream,
@@ -269,7 +286,9 @@ class Settings:
             owner_arg=self.owner_arg, auth_secrets=self.auth_secret,
             auth_leeway=self.auth_leeway, max_connections=self.max_connections,
             max_connections_per_ip=self.max_connections_per_ip, action_rate=self.action_rate,
-            action_burst=self.action_burst, max_subscribe=self.max_subscribe)
+            action_burst=self.action_burst, max_subscribe=self.max_subscribe,
+            queue_channel=self.queue_channel, queue_key=self.queue_key,
+            leader_key=self.leader_key, leader_ttl=self.leader_ttl, instance=instance)
 
 
 def build_parser() -> argparse.ArgumentParser:

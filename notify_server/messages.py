@@ -161,6 +161,29 @@ def parse_stream_id(value: Any) -> Optional[Tuple[int, int]]:
     return key
 
 
+# -- the shared queue snapshot -------------------------------------------------
+
+def decode_snapshot(payload: bytes) -> dict:
+    """The leader's poll result as `server` writes it to Redis:
+    ``{"data": queue data or null, "stale_reason": str or null, "broker": bool,
+    "leader": str}``. Raises ValueError when it is not that."""
+    try:
+        shared = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if (not isinstance(shared, dict)
+            or not isinstance(shared.get("data"), (dict, type(None)))
+            or not isinstance(shared.get("stale_reason"), (str, type(None)))
+            or not isinstance(shared.get("broker"), bool)):
+        raise ValueError("not a queue snapshot")
+    data = shared["data"]
+    if data is not None and not all(isinstance(data.get(key), list) for key in
+                                    ("active_tasks", "scheduled_tasks", "reserved_tasks",
+                                     "workers")):
+        raise ValueError("queue snapshot without its lists")
+    return shared
+
+
 # -- frames from clients ------------------------------------------------------
 
 class ProtocolError(ValueError):

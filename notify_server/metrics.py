@@ -48,6 +48,12 @@ class Metrics:
         self.poll_failures = Counter("notify_inspect_poll_failures",
                                      "Inspect polls that failed or got no worker reply.",
                                      registry=registry)
+        self.leader = Gauge("notify_poller_leader",
+                            "1 while this process holds the poller lease and polls inspect.",
+                            registry=registry)
+        self.leader_changes = Counter("notify_poller_leader_changes",
+                                      "Changes of the poller leader this process saw.",
+                                      registry=registry)
         self.redis_up = Gauge("notify_redis_connected",
                               "1 while the events subscription is up.", registry=registry)
         self.loop_lag = Histogram("notify_event_loop_lag_seconds",

@@ -118,26 +118,29 @@ def inspect_time_limit(timeout: float) -> float:
 
 
 class QueuePoller:
-    """Polls `active`, `scheduled` and `reserved` and keeps `state` current.
+    """Polls `active`, `scheduled` and `reserved` and keeps `state` current,
+    while `enabled` (only the process that leads polls: `lease.Lease`).
 
     At most one poll runs at a time; a tick or refresh that finds one in flight
     asks for another when it ends instead of starting a second. A poll that
     names the workers it already knows passes `limit`, so it ends as soon as
     they all answered; every `discovery_interval` a poll waits the full
-    timeout to find workers that joined. `on_change(data)` is called on the
-    event loop when the snapshot or its staleness changed; `on_poll(seconds,
-    error or None)` after every poll. A poll in which a worker answered only
+    timeout to find workers that joined. `on_result(data, stale_reason,
+    broker_reachable)` is called on the event loop after every poll, failed
+    or not (`data` None before any success); `on_poll(seconds, error or
+    None)` too, for metrics. A poll in which a worker answered only
     some calls is repeated at once (see `poll_outcome.judge`). Failures are
     logged once per outage (a bug's traceback once per kind of bug) and never
     propagate; only broker errors count as the broker being unreachable.
     """
 
-    def __init__(self, broker_url: str, state: QueueState, on_change: Callable[[dict], None],
+    def __init__(self, broker_url: str, state: QueueState,
+                 on_result: Callable[[Optional[dict], Optional[str], bool], None],
                  *, interval: float, timeout: float, discovery_interval: float,
                  refresh_delay: float, subject_arg: str, owner_arg: str = "user_id",
                  on_poll: Callable[[float, Optional[str]], None] = lambda duration, error: None):
         self._broker_url = broker_url
-        self._state, self._on_change, self._on_poll = state, on_change, on_poll
+        self._state, self._on_result, self._on_poll = state, on_result, on_poll
         self._interval, self._timeout = interval, timeout
         self._discovery_interval, self._refresh_delay = discovery_interval, refresh_delay
         self._subject_arg, self._owner_arg = subject_arg, owner_arg
@@ -149,6 +152,7 @@ class QueuePoller:
         self._in_flight: Optional[asyncio.Future] = None
         self._again = False
         self._stopped = False
+        self.enabled = False
         self._refresh: Optional[asyncio.TimerHandle] = None
         self._ticker: Optional[asyncio.Task] = None
         self.failures = 0
@@ -156,7 +160,26 @@ class QueuePoller:
         self.broker_reachable: Optional[bool] = None
 
     def start(self) -> None:
+        """Tick from now on; polls run only while `enabled`."""
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    def enable(self) -> None:
+        """Start polling (this process now leads): at once, finding every worker anew."""
+        if self.enabled:
+            return
+        self.enabled = True
+        self._known, self._partial = frozenset(), frozenset()
+        self.poll_soon()
+
+    def disable(self) -> None:
+        """Stop polling at once (the lease was lost): a poll in flight is
+        abandoned and its result never reported."""
+        self.enabled = False
+        self._again = False
+        for handle in (self._refresh, self._in_flight):
+            if handle is not None:
+                handle.cancel()
+        self._refresh = None
 
     async def stop(self) -> None:
         """Stop polling for good: no poll starts after this, the one in flight is cancelled."""
@@ -188,7 +211,7 @@ class QueuePoller:
             await asyncio.sleep(self._interval)
 
     def poll_soon(self) -> None:
-        if self._stopped:
+        if self._stopped or not self.enabled:
             return
         if self._in_flight is not None:
             self._again = True
@@ -244,8 +267,13 @@ class QueuePoller:
         if self.failures:
             log.info("inspect poll recovered after %d failure(s)", self.failures)
         self.failures = 0
-        if self._state.update(snapshot, time.time()):
-            self._on_change(self._state.data())
+        self._state.update(snapshot, time.time())
+        self._report()
+
+    def _report(self) -> None:
+        if self.enabled:
+            self._on_result(self._state.data(), self._state.stale_reason,
+                            self.broker_reachable is True)
 
     def _failed(self, reason: str, started: float, bug: Optional[BaseException] = None) -> None:
         self._on_poll(time.monotonic() - started, reason)
@@ -257,5 +285,5 @@ class QueuePoller:
         elif self.failures == 0:
             log.warning("queue snapshot is stale: %s", reason)
         self.failures += 1
-        if self._state.mark_failed(reason):
-            self._on_change(self._state.data())
+        self._state.mark_failed(reason)
+        self._report()

@@ -127,6 +127,21 @@ class QueueState:
         self._stale_reason = reason
         return was_fresh and self._snapshot is not None
 
+    def adopt(self, data: Optional[dict], stale_reason: Optional[str]) -> bool:
+        """Take over a snapshot polled elsewhere (the leader's `data()` and
+        `stale_reason`, section "one poller" of the README); returns whether
+        clients need a new `queue_status`, as `update` and `mark_failed` do."""
+        if data is None:
+            return self.mark_failed(stale_reason or "no inspect poll has completed yet")
+        snapshot = {key: value for key, value in data.items()
+                    if key not in ("updated_at", "stale")}
+        if stale_reason is None:
+            return self.update(snapshot, data.get("updated_at"))
+        changed = snapshot != self._snapshot or self._stale_reason is None
+        self._snapshot, self._updated_at = snapshot, data.get("updated_at")
+        self._stale_reason = stale_reason
+        return changed
+
     def data(self) -> Optional[dict]:
         """The `queue_status` data, or None when no poll ever succeeded."""
         if self._snapshot is None:

@@ -40,6 +40,11 @@ class Relay:
     longer holds that id, `on_resync(reason)` is called before the rest.
     Events published without an id are relayed live only.
 
+    The same subscription carries the shared queue snapshot: messages on
+    `snapshot_channel` go to `on_snapshot(payload)`, and after every
+    (re)subscription the latest one is read from `snapshot_key` and passed
+    on too, so a process that starts or reconnects has it at once.
+
     Malformed messages are logged and reported to `on_invalid()`.
     `on_connected(bool)` reports the subscription's state on each change;
     `subscribed_once` is set when the first subscription is in place.
@@ -49,8 +54,13 @@ class Relay:
                  on_events: Callable[[List[Event]], None],
                  on_resync: Callable[[str], None],
                  on_connected: Callable[[bool], None],
-                 on_invalid: Callable[[], None] = lambda: None):
+                 on_invalid: Callable[[], None] = lambda: None,
+                 snapshot_channel: Optional[str] = None, snapshot_key: Optional[str] = None,
+                 on_snapshot: Callable[[bytes], None] = lambda payload: None):
         self._url, self._channel, self._stream = redis_url, channel, stream
+        self._snapshot_channel, self._snapshot_key = snapshot_channel, snapshot_key
+        self._on_snapshot = on_snapshot
+        self._snapshot_channel_bytes = snapshot_channel.encode() if snapshot_channel else None
         self._on_events, self._on_resync, self._on_connected = on_events, on_resync, on_connected
         self._on_invalid = on_invalid
         self._cursor = RelayCursor()
@@ -79,7 +89,13 @@ class Relay:
             history = History(redis, self._stream)
             if not self._cursor.started:
                 self._cursor.start_after(await _newest_id(redis, self._stream))
-            await pubsub.subscribe(self._channel)
+            channels = [self._channel] + ([self._snapshot_channel]
+                                          if self._snapshot_channel else [])
+            await pubsub.subscribe(*channels)
+            if self._snapshot_key:
+                latest = await redis.get(self._snapshot_key)
+                if latest is not None:
+                    self._on_snapshot(latest)
             missed = await self._fill_gap(history)
             self._set_connected(True, missed)
             while True:
@@ -87,7 +103,10 @@ class Relay:
                 batch: List[Event] = []
                 while message is not None:
                     if message.get("type") == "message":
-                        self._accept_payload(message["data"], batch)
+                        if message.get("channel") == self._snapshot_channel_bytes:
+                            self._on_snapshot(message["data"])
+                        else:
+                            self._accept_payload(message["data"], batch)
                     if len(batch) >= MAX_BATCH:
                         break
                     message = await pubsub.get_message(timeout=0.0)

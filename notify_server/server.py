@@ -1,6 +1,10 @@
-"""Wiring: one `ServerConfig` in; the hub, relay, poller and heartbeat held together.
+"""Wiring: one `ServerConfig` in; the hub, relay, poller, lease and heartbeat held together.
 
-`NotifyServer` owns every long-lived component. The web layer (`handlers/`)
+`NotifyServer` owns every long-lived component. Of all processes sharing a
+Redis, the one holding the lease (`lease.Lease`) polls Celery inspect and
+writes each result to Redis (a key with the latest, and a notification, in
+one step); every process, that one included, serves `queue_status` and REST
+from what the relay receives, so all of them show the same snapshot. The web layer (`handlers/`)
 is handed the one instance and asks it for what it shows; this package
 never imports the web layer or the settings module. All methods run on the
 event-loop thread.
@@ -24,6 +28,7 @@ from .connection import OPEN, Connection
 from .heartbeat import Heartbeat
 from .history import History
 from .hub import Hub
+from .lease import Lease
 from .limits import ActionBucket, ConnectionCounter
 from .messages import Event, ProtocolError
 from .metrics import Metrics
@@ -66,6 +71,26 @@ class ServerConfig:
     action_rate: float              # actions per second per socket
     action_burst: int
     max_subscribe: int
+    queue_channel: str              # where the leader announces each snapshot
+    queue_key: str                  # the latest snapshot
+    leader_key: str                 # the poller lease
+    leader_ttl: float
+    instance: str                   # this process, as the lease and /readyz name it
+
+
+# The leader's poll result: stored and announced in one step, and only while
+# the lease (KEYS[3]) is still ours (ARGV[2]): a deposed leader's late write is dropped.
+SNAPSHOT_SCRIPT = """
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Without a snapshot from the leader for this many poll intervals, the lists are stale.
+SNAPSHOT_PATIENCE = 3
 
 
 class NotifyServer:
@@ -88,13 +113,28 @@ class NotifyServer:
         self.relay = Relay(config.redis_url, config.events_channel, config.history_stream,
                            on_events=self._on_events, on_resync=self._on_resync,
                            on_connected=self._on_redis_state,
-                           on_invalid=self.metrics.dropped.labels("invalid").inc)
+                           on_invalid=self.metrics.dropped.labels("invalid").inc,
+                           snapshot_channel=config.queue_channel, snapshot_key=config.queue_key,
+                           on_snapshot=self._on_shared_snapshot)
+        # The poller keeps its own state: what it found, before the round trip through Redis.
         self.poller = QueuePoller(
-            config.broker_url, self.queue, self._on_queue_change,
+            config.broker_url, QueueState(), self._on_poll_result,
             interval=config.poll_interval, timeout=config.inspect_timeout,
             discovery_interval=config.discovery_interval,
             refresh_delay=config.refresh_delay, subject_arg=config.subject_arg,
             owner_arg=config.owner_arg, on_poll=self.metrics.poll)
+        # The lease gets its own client: a renewal must fail fast, well within the lease.
+        self._lease_redis = Redis.from_url(
+            config.redis_url, socket_timeout=config.leader_ttl / 3,
+            socket_connect_timeout=config.leader_ttl / 3, retry=Retry(NoBackoff(), 0))
+        self.lease = Lease(self._lease_redis, config.leader_key, config.instance,
+                           config.leader_ttl, on_change=self._on_leadership)
+        self._publish_snapshot = self._lease_redis.register_script(SNAPSHOT_SCRIPT)
+        self._latest_result: Optional[bytes] = None   # waiting to be written
+        self._writer: Optional[asyncio.Task] = None
+        self._snapshot_seen = time.monotonic()        # when the relay last brought one
+        self._shared_broker = False                   # the leader reached the broker
+        self._last_holder: Optional[str] = None
         self._tasks: List[asyncio.Task] = []
         self._all_closed: Optional[asyncio.Event] = None  # set by `_closed` while stopping
         self._resumes: Set[asyncio.Task] = set()  # running replays (a Task needs a reference)
@@ -115,7 +155,9 @@ class NotifyServer:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.relay.run()),
                        loop.create_task(self.heartbeat.run()),
-                       loop.create_task(self.metrics.watch_loop_lag())]
+                       loop.create_task(self.metrics.watch_loop_lag()),
+                       loop.create_task(self.lease.run()),
+                       loop.create_task(self._watch_snapshot())]
         self.poller.start()
         try:
             await asyncio.wait_for(self.relay.subscribed_once.wait(), subscribe_timeout)
@@ -137,6 +179,8 @@ class NotifyServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.lease.release()
+        await self._lease_redis.aclose()
         await self.redis.aclose()
         try:
             await asyncio.wait_for(self._all_closed.wait(), timeout)
@@ -322,10 +366,11 @@ class NotifyServer:
         answering makes `queue_status` stale but not the server unready
         (another server process would not do better)."""
         redis_up = self.relay.connected
-        broker_up = self.poller.broker_reachable is True
+        broker_up = self._shared_broker
         return {"ready": redis_up and broker_up, "redis": redis_up, "broker": broker_up,
                 "queue_stale_reason": self.queue.stale_reason,
-                "clients": len(self._connections)}
+                "clients": len(self._connections), "leader": self.lease.holder,
+                "instance": self.config.instance}
 
     def queue_snapshot(self, scope: Scope = EVERYONE) -> Tuple[Optional[dict], Optional[str]]:
         """The latest queue data `scope` may see (None before any poll
@@ -396,6 +441,64 @@ class NotifyServer:
     def _on_redis_state(self, connected: bool) -> None:
         log.info("events subscription %s", "up" if connected else "down")
         self.metrics.redis_up.set(1 if connected else 0)
+
+    # -- the one poller and the shared snapshot ----------------------------------
+
+    def _on_leadership(self, leading: bool, holder: Optional[str]) -> None:
+        self.metrics.leader.set(1 if leading else 0)
+        if holder is not None and holder != self._last_holder:
+            if self._last_holder is not None:
+                self.metrics.leader_changes.inc()
+            self._last_holder = holder
+        if leading:
+            self.poller.enable()
+        else:
+            self.poller.disable()
+
+    def _on_poll_result(self, data: Optional[dict], stale_reason: Optional[str],
+                        broker_up: bool) -> None:
+        """The leader's poll ended: write the result to Redis for every process."""
+        self._latest_result = messages.encode({
+            "data": data, "stale_reason": stale_reason, "broker": broker_up,
+            "leader": self.config.instance})
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_results())
+
+    async def _write_results(self) -> None:
+        # One write at a time, the latest result only: writes never overtake each other.
+        while self._latest_result is not None:
+            payload, self._latest_result = self._latest_result, None
+            try:
+                await self._publish_snapshot(
+                    keys=[self.config.queue_key, self.config.queue_channel,
+                          self.config.leader_key],
+                    args=[payload, self.config.instance])
+            except (RedisError, OSError) as exc:
+                log.warning("could not share the queue snapshot (%s)", exc)
+
+    def _on_shared_snapshot(self, payload: bytes) -> None:
+        """A snapshot from the leader (maybe this process) arrived through Redis."""
+        try:
+            shared = messages.decode_snapshot(payload)
+        except ValueError as exc:
+            log.warning("ignoring a malformed queue snapshot: %s", exc)
+            return
+        self._snapshot_seen = time.monotonic()
+        self._shared_broker = shared["broker"]
+        if self.queue.adopt(shared["data"], shared["stale_reason"]):
+            self._on_queue_change(self.queue.data())
+
+    async def _watch_snapshot(self) -> None:
+        """Mark the lists stale when no leader has shared a snapshot for a while."""
+        patience = SNAPSHOT_PATIENCE * self.config.poll_interval + self.config.leader_ttl
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            silent = time.monotonic() - self._snapshot_seen
+            if silent > patience:
+                self._shared_broker = False
+                if self.queue.mark_failed(f"no queue snapshot from the poller leader for "
+                                          f"{silent:.0f} s"):
+                    self._on_queue_change(self.queue.data())
 
     def _on_queue_change(self, data: dict) -> None:
         everything = self.queue_status_frame()

@@ -202,7 +202,10 @@ async def test_sigterm_closes_every_client_with_1001_and_exits_cleanly(redis_ser
     server.stop()
 
 
-async def test_a_dead_broker_makes_the_queue_unavailable_but_not_the_server(redis_server):
+async def test_a_dead_broker_makes_the_queue_unavailable_but_not_the_server(make_redis):
+    # Its own Redis: servers sharing one share the leader's snapshot, and the
+    # other tests' servers poll a live broker.
+    redis_server = make_redis()
     dead_broker = f"redis://127.0.0.1:{free_port()}/0"
     server, port = start_server(redis_server.url, env={"CELERY_BROKER_URL": dead_broker},
                                 name="server-dead-broker")

@@ -115,7 +115,9 @@ async def test_a_socket_that_left_open_is_never_added_to_the_hub_again(io_loop):
         poll_interval=1.0, inspect_timeout=1.0, discovery_interval=30.0, refresh_delay=0.2,
         max_client_buffer=1 << 20, ping_interval=25.0, ping_timeout=10.0, owner_arg="user_id",
         auth_secrets=(), auth_leeway=5.0, max_connections=0, max_connections_per_ip=0,
-        action_rate=20.0, action_burst=40, max_subscribe=1000))
+        action_rate=20.0, action_burst=40, max_subscribe=1000, queue_channel="t:queue",
+        queue_key="t:queue:snapshot", leader_key="t:poller:leader", leader_ttl=5.0,
+        instance="test:0:1"))
     closed_early, closing = [], []
     for kept in (closed_early, closing):
         ours, _peer = socket.socketpair()
