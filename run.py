@@ -107,7 +107,7 @@ def fail(message: str) -> NoReturn:
 
 def start_demo(redis_url: str, prefix: str, owner_arg: str) -> list:
     """Start a demo Celery worker and a task producer; returns their processes."""
-    env = {**os.environ, "REDIS_URL": redis_url, "NOTIFY_PREFIX": prefix,
+    env = {**os.environ, "REDIS_URL": redis_url or "", "NOTIFY_PREFIX": prefix,
            "NOTIFY_OWNER_ARG": owner_arg}
     worker = children.start(
         [sys.executable, "-m", "celery", "-A", "notify_server.demo", "worker",
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         stop_demo(demo)
 
     try:
-        if not settings.redis_url:
+        if not settings.redis_url and not settings.redis_sentinels:
             embedded = EmbeddedRedis()
             url = embedded.start()
             settings = dataclasses.replace(settings, redis_url=url)

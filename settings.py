@@ -13,6 +13,7 @@ import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from notify_server.auth import MIN_SECRET_LENGTH
+from notify_server.redis_clients import RedisLocation, sentinel_broker_url
 from notify_server.server import ServerConfig
 
 # More clock leeway than this would keep an expired token working for long.
@@ -53,6 +54,17 @@ def _redis_url(value: str) -> Optional[str]:
     if value and not re.match(r"(redis|rediss|unix)://", value):
         raise ValueError("must be a redis://, rediss:// or unix:// URL, or empty")
     return value or None
+
+
+def _sentinels(value: str) -> tuple:
+    addresses = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be comma-separated host:port addresses of Redis Sentinels, "
+                             "such as 10.0.0.1:26379,10.0.0.2:26379, or empty")
+        addresses.append((host.strip("[]"), int(port)))
+    return tuple(addresses)
 
 
 def _identifier(value: str) -> str:
@@ -155,6 +167,11 @@ SETTINGS = (
     Setting("port", "NOTIFY_PORT", _port, "port to listen on"),
     Setting("redis_url", "REDIS_URL", _redis_url,
             "Redis for events; unset starts an embedded redis-server"),
+    Setting("redis_sentinels", "NOTIFY_REDIS_SENTINELS", _sentinels,
+            "Redis Sentinel addresses (host:port, comma-separated): Redis is the primary they "
+            "name, followed through failovers; REDIS_URL then gives only the db and password"),
+    Setting("redis_master", "NOTIFY_REDIS_MASTER", _text,
+            "name of the master the sentinels watch"),
     Setting("broker_url", "CELERY_BROKER_URL", _broker_url,
             "Celery broker the poller inspects; defaults to the Redis URL"),
     Setting("prefix", "NOTIFY_PREFIX", _text, "prefix of the Redis keys: PREFIX:events and PREFIX:events:history"),
@@ -220,6 +237,8 @@ class Settings:
     host: str = "localhost"
     port: int = 8000
     redis_url: Optional[str] = None
+    redis_sentinels: tuple = ()
+    redis_master: str = "mymaster"
     broker_url: Optional[str] = None
     prefix: str = "notify"
     subject_arg: str = "avid"
@@ -271,13 +290,26 @@ class Settings:
 
     @property
     def effective_broker_url(self) -> Optional[str]:
-        return self.broker_url or self.redis_url
+        """The broker to inspect: CELERY_BROKER_URL, else the events' Redis
+        (behind Sentinel: kombu's `sentinel://` form of it)."""
+        if self.broker_url:
+            return self.broker_url
+        if self.redis_sentinels:
+            return sentinel_broker_url(self.redis_location)
+        return self.redis_url
+
+    @property
+    def redis_location(self) -> RedisLocation:
+        return RedisLocation(self.redis_url, self.redis_sentinels,
+                             self.redis_master if self.redis_sentinels else None)
 
     def server_config(self, instance: str) -> ServerConfig:
         """What the core needs; `redis_url` must be set (run.py fills it in).
         `instance` names this process (host:port:pid) to the others."""
         return ServerConfig(
-            redis_url=self.redis_url, broker_url=self.effective_broker_url,
+            redis_url=self.redis_url, redis_sentinels=self.redis_sentinels,
+            redis_master=self.redis_master if self.redis_sentinels else None,
+            broker_url=self.effective_broker_url,
             events_channel=self.events_channel, history_stream=self.history_stream,
             subject_arg=self.subject_arg, poll_interval=self.poll_interval,
             inspect_timeout=self.inspect_timeout, discovery_interval=self.discovery_interval,

@@ -8,10 +8,12 @@ import logging
 import os
 import threading
 import time
-from typing import Deque, Optional
+from typing import Deque, Optional, Sequence, Tuple
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
+from redis.sentinel import Sentinel
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -41,11 +43,19 @@ class Emitter:
     Safe across fork (Celery's prefork pool): each process lazily creates its
     own connection, lock and buffer on first use. Safe to call from several
     threads of one process.
+
+    With `sentinels` ((host, port) pairs) and `master`, Redis is the primary
+    Redis Sentinel names (`redis_url`, if given, supplies only the database
+    and password): after a failover the write that fails is kept in the
+    buffer and the next attempt reaches the new primary.
     """
 
-    def __init__(self, redis_url: str, *, prefix: str = "notify", history_maxlen: int = 10000,
-                 timeout: float = 0.5, buffer_size: int = 1000, retry_interval: float = 1.0):
+    def __init__(self, redis_url: Optional[str], *, prefix: str = "notify",
+                 history_maxlen: int = 10000, timeout: float = 0.5, buffer_size: int = 1000,
+                 retry_interval: float = 1.0, sentinels: Sequence[Tuple[str, int]] = (),
+                 master: Optional[str] = None):
         self._url = redis_url
+        self._sentinels, self._master = tuple(sentinels), master
         self._keys = [f"{prefix}:events:history", f"{prefix}:events"]
         self._maxlen = history_maxlen
         self._timeout, self._buffer_size, self._retry_interval = timeout, buffer_size, retry_interval
@@ -61,10 +71,20 @@ class Emitter:
         self._down_since: Optional[float] = None
         self._retry_at = 0.0
         self._flusher: Optional[threading.Thread] = None
-        client = redis.Redis.from_url(self._url, socket_timeout=self._timeout,
-                                      socket_connect_timeout=self._timeout,
-                                      retry=Retry(NoBackoff(), 0))
-        self._script = client.register_script(EMIT_SCRIPT)
+        self._script = self._client().register_script(EMIT_SCRIPT)
+
+    def _client(self) -> redis.Redis:
+        options = {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout,
+                   "retry": Retry(NoBackoff(), 0)}
+        if not self._sentinels:
+            return redis.Redis.from_url(self._url, **options)
+        if self._url:
+            parsed = parse_url(self._url)
+            options.update({key: parsed[key] for key in ("db", "password", "username")
+                            if key in parsed})
+        sentinel = Sentinel(list(self._sentinels), sentinel_kwargs={
+            "socket_timeout": self._timeout, "socket_connect_timeout": self._timeout})
+        return sentinel.master_for(self._master, **options)
 
     def emit(self, message: dict) -> None:
         """Queue `message` ({"type", "data"}) and write everything pending."""

@@ -32,15 +32,18 @@ log = logging.getLogger(__name__)
 _inspect_app: Optional[Celery] = None
 
 
-def make_inspect_app(broker_url: str) -> Celery:
-    """A Celery app used only to inspect workers: fails fast when the broker is down."""
+def make_inspect_app(broker_url: str, master: Optional[str] = None) -> Celery:
+    """A Celery app used only to inspect workers: fails fast when the broker is
+    down. `master` names the Redis Sentinel master of a `sentinel://` broker."""
     app = Celery("notify-server-inspect", broker=broker_url, set_as_current=False)
+    options = {"socket_timeout": 3.0, "socket_connect_timeout": 2.0, "max_retries": 1}
+    if master:
+        options["master_name"] = master
     app.conf.update(
         broker_connection_timeout=2.0,
         broker_connection_retry=False,
         broker_connection_max_retries=1,
-        broker_transport_options={"socket_timeout": 3.0, "socket_connect_timeout": 2.0,
-                                  "max_retries": 1},
+        broker_transport_options=options,
     )
     return app
 
@@ -53,13 +56,13 @@ def _overran(signum, frame) -> None:
     raise InspectTimeout("the inspect poll did not finish in time")
 
 
-def _start_inspect_process(broker_url: str) -> None:
+def _start_inspect_process(broker_url: str, master: Optional[str]) -> None:
     global _inspect_app
     # Ctrl-C reaches the whole process group: the server shuts this process down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _overran)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    _inspect_app = make_inspect_app(broker_url)
+    _inspect_app = make_inspect_app(broker_url, master)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -138,8 +141,9 @@ class QueuePoller:
                  on_result: Callable[[Optional[dict], Optional[str], bool], None],
                  *, interval: float, timeout: float, discovery_interval: float,
                  refresh_delay: float, subject_arg: str, owner_arg: str = "user_id",
+                 broker_master: Optional[str] = None,
                  on_poll: Callable[[float, Optional[str]], None] = lambda duration, error: None):
-        self._broker_url = broker_url
+        self._broker_url, self._broker_master = broker_url, broker_master
         self._state, self._on_result, self._on_poll = state, on_result, on_poll
         self._interval, self._timeout = interval, timeout
         self._discovery_interval, self._refresh_delay = discovery_interval, refresh_delay
@@ -193,7 +197,7 @@ class QueuePoller:
         # spawn, not fork: the server process has threads and an event loop.
         return concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_inspect_process, initargs=(self._broker_url,))
+            initializer=_start_inspect_process, initargs=(self._broker_url, self._broker_master))
 
     def request_refresh(self) -> None:
         """Poll again soon (debounced), e.g. because a task started or ended."""

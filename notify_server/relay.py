@@ -31,6 +31,8 @@ IDLE_WAKEUP = 10.0
 
 class Relay:
     """Subscribes to the events channel and relays every event to `on_events`.
+    `connect(**options)` makes a Redis client (`redis_clients.RedisLocation.client`),
+    a new one for every subscription: after a failover it reaches the new primary.
 
     Guarantees for events with an id (written per docs/protocol.md, "Redis"
     section): each is passed to `on_events` at most once and in stream order.
@@ -50,14 +52,14 @@ class Relay:
     `subscribed_once` is set when the first subscription is in place.
     """
 
-    def __init__(self, redis_url: str, channel: str, stream: str,
+    def __init__(self, connect: Callable[..., Redis], channel: str, stream: str,
                  on_events: Callable[[List[Event]], None],
                  on_resync: Callable[[str], None],
                  on_connected: Callable[[bool], None],
                  on_invalid: Callable[[], None] = lambda: None,
                  snapshot_channel: Optional[str] = None, snapshot_key: Optional[str] = None,
                  on_snapshot: Callable[[bytes], None] = lambda payload: None):
-        self._url, self._channel, self._stream = redis_url, channel, stream
+        self._connect, self._channel, self._stream = connect, channel, stream
         self._snapshot_channel, self._snapshot_key = snapshot_channel, snapshot_key
         self._on_snapshot = on_snapshot
         self._snapshot_channel_bytes = snapshot_channel.encode() if snapshot_channel else None
@@ -82,8 +84,8 @@ class Relay:
             await asyncio.sleep(self._backoff.next_delay())
 
     async def _subscribe_and_relay(self) -> None:
-        redis = Redis.from_url(self._url, socket_connect_timeout=2.0, socket_timeout=None,
-                               retry=Retry(NoBackoff(), 0), health_check_interval=IDLE_WAKEUP)
+        redis = self._connect(socket_connect_timeout=2.0, socket_timeout=None,
+                              retry=Retry(NoBackoff(), 0), health_check_interval=IDLE_WAKEUP)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
             history = History(redis, self._stream)

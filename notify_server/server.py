@@ -16,7 +16,6 @@ import logging
 import time
 from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -34,6 +33,7 @@ from .messages import Event, ProtocolError
 from .metrics import Metrics
 from .poller import QueuePoller
 from .queue_status import QueueState, for_scope, owners_of_tasks
+from .redis_clients import RedisLocation
 from .relay import Relay
 from .session import Session
 
@@ -51,7 +51,9 @@ EMPTY_QUEUE = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
 class ServerConfig:
     """What the core needs to know, handed down by the entry point."""
 
-    redis_url: str
+    redis_url: Optional[str]        # with sentinels: only the database and credentials
+    redis_sentinels: Tuple[Tuple[str, int], ...]  # (host, port) of each Redis Sentinel, or ()
+    redis_master: Optional[str]     # the master the sentinels watch
     broker_url: str
     events_channel: str
     history_stream: str
@@ -107,10 +109,12 @@ class NotifyServer:
         self.metrics = Metrics(open_connections=lambda: len(self._connections))
         self.hub = Hub(on_sent=lambda kind, count: self.metrics.sent_of(kind).inc(count))
         self.heartbeat = Heartbeat(config.ping_interval, config.ping_timeout)
-        self.redis = Redis.from_url(config.redis_url, socket_timeout=5.0,
-                                    socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1))
+        self.location = RedisLocation(config.redis_url, config.redis_sentinels,
+                                      config.redis_master)
+        self.redis = self.location.client(socket_timeout=5.0, socket_connect_timeout=2.0,
+                                          retry=Retry(NoBackoff(), 1))
         self.history = History(self.redis, config.history_stream)
-        self.relay = Relay(config.redis_url, config.events_channel, config.history_stream,
+        self.relay = Relay(self.location.client, config.events_channel, config.history_stream,
                            on_events=self._on_events, on_resync=self._on_resync,
                            on_connected=self._on_redis_state,
                            on_invalid=self.metrics.dropped.labels("invalid").inc,
@@ -119,13 +123,15 @@ class NotifyServer:
         # The poller keeps its own state: what it found, before the round trip through Redis.
         self.poller = QueuePoller(
             config.broker_url, QueueState(), self._on_poll_result,
+            broker_master=(config.redis_master if config.broker_url.startswith("sentinel://")
+                           else None),
             interval=config.poll_interval, timeout=config.inspect_timeout,
             discovery_interval=config.discovery_interval,
             refresh_delay=config.refresh_delay, subject_arg=config.subject_arg,
             owner_arg=config.owner_arg, on_poll=self.metrics.poll)
         # The lease gets its own client: a renewal must fail fast, well within the lease.
-        self._lease_redis = Redis.from_url(
-            config.redis_url, socket_timeout=config.leader_ttl / 3,
+        self._lease_redis = self.location.client(
+            socket_timeout=config.leader_ttl / 3,
             socket_connect_timeout=config.leader_ttl / 3, retry=Retry(NoBackoff(), 0))
         self.lease = Lease(self._lease_redis, config.leader_key, config.instance,
                            config.leader_ttl, on_change=self._on_leadership)

@@ -12,7 +12,7 @@ and, optionally, in a task body::
 
 import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from celery import Celery, current_task, signals
 
@@ -27,13 +27,17 @@ OwnerFunction = Callable[[Any, Any], Optional[str]]
 
 def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[str] = None,
             subject_arg: Optional[str] = None, owner_arg: Optional[str] = None,
-            owner: Optional[OwnerFunction] = None,
-            history_maxlen: Optional[int] = None) -> "Notifier":
+            owner: Optional[OwnerFunction] = None, history_maxlen: Optional[int] = None,
+            sentinels: Optional[Sequence[Tuple[str, int]]] = None,
+            master: Optional[str] = None) -> "Notifier":
     """Emit task events for every task of `app`; returns the `Notifier`.
 
     Redis is `redis_url`, else $NOTIFY_REDIS_URL, else $REDIS_URL, else the
     app's broker URL when that is a Redis URL; raises ValueError when none is
-    found. The other arguments default to $NOTIFY_PREFIX ("notify"),
+    found. With `sentinels` (else $NOTIFY_REDIS_SENTINELS, "host:port,...")
+    Redis is the primary that Redis Sentinel names for `master` (else
+    $NOTIFY_REDIS_MASTER, "mymaster"), and the URL, optional, only gives the
+    database and password. The other arguments default to $NOTIFY_PREFIX ("notify"),
     $NOTIFY_SUBJECT_ARG ("avid"), $NOTIFY_OWNER_ARG ("user_id"; also when
     empty) and $NOTIFY_HISTORY_MAXLEN (10000); prefix, subject_arg and
     owner_arg must match the server's settings of the same names.
@@ -47,21 +51,36 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[st
     exception type in each process) and the event goes out without one.
     """
     url = redis_url or os.environ.get("NOTIFY_REDIS_URL") or os.environ.get("REDIS_URL")
+    if sentinels is None:
+        sentinels = parse_sentinels(os.environ.get("NOTIFY_REDIS_SENTINELS", ""))
     broker = str(app.conf.broker_url or "")
-    if not url and broker.startswith(("redis://", "rediss://", "unix://")):
+    if not url and not sentinels and broker.startswith(("redis://", "rediss://", "unix://")):
         url = broker
-    if not url:
+    if not url and not sentinels:
         raise ValueError("notify_server.worker.install: no Redis URL; pass redis_url= "
-                         "or set NOTIFY_REDIS_URL")
+                         "or set NOTIFY_REDIS_URL (or NOTIFY_REDIS_SENTINELS)")
     emitter = Emitter(url, prefix=prefix or os.environ.get("NOTIFY_PREFIX", "notify"),
                       history_maxlen=history_maxlen or int(
-                          os.environ.get("NOTIFY_HISTORY_MAXLEN", "10000")))
+                          os.environ.get("NOTIFY_HISTORY_MAXLEN", "10000")),
+                      sentinels=sentinels,
+                      master=master or os.environ.get("NOTIFY_REDIS_MASTER") or "mymaster")
     notifier = Notifier(app, emitter,
                         subject_arg or os.environ.get("NOTIFY_SUBJECT_ARG", "avid"),
                         owner_arg=owner_arg or os.environ.get("NOTIFY_OWNER_ARG") or "user_id",
                         owner=owner)
     notifier.connect()
     return notifier
+
+
+def parse_sentinels(value: str) -> Tuple[Tuple[str, int], ...]:
+    """ "host:port,host:port" as (host, port) pairs; raises ValueError for another shape."""
+    pairs = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"NOTIFY_REDIS_SENTINELS: {part!r} is not host:port")
+        pairs.append((host.strip("[]"), int(port)))
+    return tuple(pairs)
 
 
 class Notifier:

@@ -110,7 +110,8 @@ async def test_once_closing_nothing_but_the_close_frame_is_written(io_loop):
 
 async def test_a_socket_that_left_open_is_never_added_to_the_hub_again(io_loop):
     server = NotifyServer(ServerConfig(
-        redis_url="redis://127.0.0.1:1/0", broker_url="redis://127.0.0.1:1/0",
+        redis_url="redis://127.0.0.1:1/0", redis_sentinels=(), redis_master=None,
+        broker_url="redis://127.0.0.1:1/0",
         events_channel="t:events", history_stream="t:events:history", subject_arg="avid",
         poll_interval=1.0, inspect_timeout=1.0, discovery_interval=30.0, refresh_delay=0.2,
         max_client_buffer=1 << 20, ping_interval=25.0, ping_timeout=10.0, owner_arg="user_id",
