@@ -43,9 +43,14 @@ class Relay:
     Events published without an id are relayed live only.
 
     The same subscription carries the shared queue snapshot: messages on
-    `snapshot_channel` go to `on_snapshot(payload)`, and after every
+    `snapshot_channel` go to `on_snapshot(payload, True)`, and after every
     (re)subscription the latest one is read from `snapshot_key` and passed
-    on too, so a process that starts or reconnects has it at once.
+    on as `on_snapshot(payload, False)` (stored: maybe old), so a process
+    that starts or reconnects has it at once.
+
+    When a (re)subscription finds another Redis server than the one before
+    (its `run_id`: a failover or a restart), `on_resync` is called first:
+    events acknowledged by the old one may be lost without a trace.
 
     Malformed messages are logged and reported to `on_invalid()`.
     `on_connected(bool)` reports the subscription's state on each change;
@@ -58,7 +63,7 @@ class Relay:
                  on_connected: Callable[[bool], None],
                  on_invalid: Callable[[], None] = lambda: None,
                  snapshot_channel: Optional[str] = None, snapshot_key: Optional[str] = None,
-                 on_snapshot: Callable[[bytes], None] = lambda payload: None):
+                 on_snapshot: Callable[[bytes, bool], None] = lambda payload, live: None):
         self._connect, self._channel, self._stream = connect, channel, stream
         self._snapshot_channel, self._snapshot_key = snapshot_channel, snapshot_key
         self._on_snapshot = on_snapshot
@@ -66,6 +71,7 @@ class Relay:
         self._on_events, self._on_resync, self._on_connected = on_events, on_resync, on_connected
         self._on_invalid = on_invalid
         self._cursor = RelayCursor()
+        self._run_id: Optional[str] = None  # the Redis server of the last subscription
         self._backoff = Backoff(base=0.1, cap=3.0)
         self.connected = False
         self.subscribed_once = asyncio.Event()
@@ -97,26 +103,42 @@ class Relay:
             if self._snapshot_key:
                 latest = await redis.get(self._snapshot_key)
                 if latest is not None:
-                    self._on_snapshot(latest)
+                    self._on_snapshot(latest, False)
+            await self._check_same_redis(redis)
             missed = await self._fill_gap(history)
             self._set_connected(True, missed)
             while True:
                 message = await pubsub.get_message(timeout=IDLE_WAKEUP)
                 batch: List[Event] = []
-                while message is not None:
-                    if message.get("type") == "message":
-                        if message.get("channel") == self._snapshot_channel_bytes:
-                            self._on_snapshot(message["data"])
-                        else:
-                            self._accept_payload(message["data"], batch)
-                    if len(batch) >= MAX_BATCH:
-                        break
-                    message = await pubsub.get_message(timeout=0.0)
-                if batch:
-                    self._on_events(batch)
+                try:
+                    while message is not None:
+                        if message.get("type") == "message":
+                            if message.get("channel") == self._snapshot_channel_bytes:
+                                self._on_snapshot(message["data"], True)
+                            else:
+                                self._accept_payload(message["data"], batch)
+                        if len(batch) >= MAX_BATCH:
+                            break
+                        message = await pubsub.get_message(timeout=0.0)
+                finally:
+                    # The cursor has moved past these: relay them even if the
+                    # connection failed mid-batch, or the gap fill would skip them.
+                    if batch:
+                        self._on_events(batch)
         finally:
             await pubsub.aclose()
             await redis.aclose()
+
+    async def _check_same_redis(self, redis: Redis) -> None:
+        """Resync everyone when this is another Redis than before (a failover
+        promoted a replica, or Redis restarted): events the old one had
+        acknowledged may never have reached it, and nothing in its history
+        would show the gap."""
+        run_id = (await redis.info("server")).get("run_id")
+        if self._run_id is not None and run_id != self._run_id:
+            self._on_resync("Redis was restarted or failed over; events may have been lost: "
+                            "reload your state")
+        self._run_id = run_id
 
     async def _fill_gap(self, history: History) -> int:
         missed = 0

@@ -141,6 +141,7 @@ class NotifyServer:
         self._snapshot_seen = time.monotonic()        # when the relay last brought one
         self._shared_broker = False                   # the leader reached the broker
         self._last_holder: Optional[str] = None
+        self._snapshot_patience = SNAPSHOT_PATIENCE * config.poll_interval + config.leader_ttl
         self._tasks: List[asyncio.Task] = []
         self._all_closed: Optional[asyncio.Event] = None  # set by `_closed` while stopping
         self._resumes: Set[asyncio.Task] = set()  # running replays (a Task needs a reference)
@@ -482,21 +483,29 @@ class NotifyServer:
             except (RedisError, OSError) as exc:
                 log.warning("could not share the queue snapshot (%s)", exc)
 
-    def _on_shared_snapshot(self, payload: bytes) -> None:
-        """A snapshot from the leader (maybe this process) arrived through Redis."""
+    def _on_shared_snapshot(self, payload: bytes, live: bool) -> None:
+        """A snapshot from the leader (maybe this process) arrived through Redis:
+        `live` from the channel, else read from the key (maybe old: it does not
+        count as a sign of a living leader)."""
         try:
             shared = messages.decode_snapshot(payload)
         except ValueError as exc:
             log.warning("ignoring a malformed queue snapshot: %s", exc)
             return
-        self._snapshot_seen = time.monotonic()
-        self._shared_broker = shared["broker"]
-        if self.queue.adopt(shared["data"], shared["stale_reason"]):
+        stale_reason = shared["stale_reason"]
+        if live:
+            self._snapshot_seen = time.monotonic()
+            self._shared_broker = shared["broker"]
+        elif shared["data"] is not None and stale_reason is None:
+            age = time.time() - (shared["data"].get("updated_at") or 0.0)
+            if age > self._snapshot_patience:
+                stale_reason = f"the last queue snapshot is {age:.0f} s old; no poller leader"
+        if self.queue.adopt(shared["data"], stale_reason):
             self._on_queue_change(self.queue.data())
 
     async def _watch_snapshot(self) -> None:
         """Mark the lists stale when no leader has shared a snapshot for a while."""
-        patience = SNAPSHOT_PATIENCE * self.config.poll_interval + self.config.leader_ttl
+        patience = self._snapshot_patience
         while True:
             await asyncio.sleep(self.config.poll_interval)
             silent = time.monotonic() - self._snapshot_seen
