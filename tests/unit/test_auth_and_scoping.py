@@ -197,3 +197,22 @@ def test_a_scoped_session_gets_no_queue_push_when_only_others_tasks_moved():
     hub.add(session)
     assert hub.send_live(b"all", lambda scope: None) == 0
     assert sent == []
+
+
+def test_one_event_reaches_exactly_its_owners_sessions_even_if_one_closes_meanwhile():
+    counted = []
+    hub = Hub(on_sent=lambda kind, count: counted.append((kind, count)))
+    (alice_sent, alice), (bob_sent, bob), (admin_sent, admin) = (
+        scoped("alice"), scoped("bob"), scoped(None))
+    closing_sent = []
+    closing = Session(lambda data: (closing_sent.append(data), hub.discard(closing)),
+                      lambda code, reason: None, scope=Scope("c", frozenset({"alice"})))
+    for session in (alice, bob, admin, closing):
+        hub.add(session)
+
+    hub.publish([owned("1-0", "alice")])
+    hub.publish([owned("2-0", "alice")])
+
+    assert ids(alice_sent) == ["1-0", "2-0"] and ids(admin_sent) == ["1-0", "2-0"]
+    assert bob_sent == [] and ids(closing_sent) == ["1-0"]
+    assert counted == [("task_started", 2), ("task_started", 1)]
