@@ -189,6 +189,11 @@ class LoadClient:
         self.clients = []
         self.probe = None
 
+    def socket_for(self, url: str, number: int):
+        """The listener factory and URL of socket `number` (a subclass may give
+        each socket its own, e.g. a token: bench.scopedclient)."""
+        return Client, url
+
     async def connect(self, url: str, count: int, concurrency: int = 200,
                       sources=("127.0.0.1",), deadline_s: float = 60.0, retries: int = 2) -> dict:
         """Open `count` sockets, `concurrency` handshakes at a time; failed ones are
@@ -205,7 +210,8 @@ class LoadClient:
                 source = sources[number % len(sources)]
                 started = monotonic()
                 try:
-                    _, client = await ws_connect(Client, url, websocket_handshake_timeout=30,
+                    factory, target = self.socket_for(url, number)
+                    _, client = await ws_connect(factory, target, websocket_handshake_timeout=30,
                                                  local_addr=(source, 0))
                 except Exception as exc:  # count every failure kind, keep going
                     name = type(exc).__name__

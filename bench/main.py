@@ -32,7 +32,7 @@ from typing import Optional
 
 import redis
 
-from bench import procs, report
+from bench import procs, report, scoped
 from bench.procs import Child, RpcChild
 from bench.stats import (RateSearch, histogram_delta, histogram_quantile,
                          parse_prometheus_histogram)
@@ -552,6 +552,9 @@ def parse_args(argv):
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("--no-publish", action="store_true",
                         help="do not write bench/RESULTS.md, bench/results.json, bench/latency.png")
+    parser.add_argument("--scoped", action="store_true",
+                        help="then run the scoped fan-out step in token mode (bench/scoped.py, "
+                             "about 5 minutes; also alone: python -m bench.scoped)")
     args = parser.parse_args(argv)
     args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
     unknown = [name for name in args.systems if name not in SYSTEMS]
@@ -575,6 +578,10 @@ def main(argv=None) -> int:
         results = bench.run()
     finally:
         bench.close()
+    if args.scoped:
+        log("== scoped fan-out in token mode")
+        results["scoped"] = bench.guarded(lambda: scoped.run(
+            scoped.parse_args(["--pin"] if args.pin else [])))
     bench.save()
     log(f"results: {bench.json_path.relative_to(ROOT)}")
     if args.quick or args.no_publish:
@@ -586,6 +593,9 @@ def main(argv=None) -> int:
                  target / ("latency.png" if target == BENCH else "latency-quick.png"))
     log(f"report: {(target / 'RESULTS.md').relative_to(ROOT) if target == BENCH else (target / 'RESULTS-quick.md').relative_to(ROOT)}")
     print(report.summary_table(results), flush=True)
+    if results.get("scoped") and "error" not in results["scoped"]:
+        print(scoped.table(results["scoped"]), *scoped.verdict(results["scoped"]), sep="\n",
+              flush=True)
     return 0
 
 

@@ -18,13 +18,15 @@ raises, rather than waits, past that).
 Command: `run {base, count, rate}` sends events `base .. base+count-1`, the
 i-th due at i/rate seconds; every event's `data` starts with `seq` and `t`
 (time.monotonic() just before it is sent). Replies with the achieved rate,
-the worst lag behind schedule and the publisher's CPU seconds.
+the worst lag behind schedule and the publisher's CPU seconds. With
+`owner` (`lua` only) every event carries that top-level "owner" (token mode).
 """
 
 import asyncio
 import resource
 import sys
 import time
+from typing import Optional
 
 import orjson
 
@@ -34,11 +36,14 @@ monotonic = time.monotonic
 BATCH_MAX = 200
 
 
-def event(seq: int, count: int) -> dict:
-    return {"type": "task_progress",
-            "data": {"seq": seq, "t": monotonic(), "task_id": "bench-0000-task",
-                     "avid": "BENCH-001", "status": "progress", "current": seq,
-                     "total": count, "percent": 0.0, "message": "benchmark event"}}
+def event(seq: int, count: int, owner: Optional[str] = None) -> dict:
+    message = {"type": "task_progress",
+               "data": {"seq": seq, "t": monotonic(), "task_id": "bench-0000-task",
+                        "avid": "BENCH-001", "status": "progress", "current": seq,
+                        "total": count, "percent": 0.0, "message": "benchmark event"}}
+    if owner is not None:
+        message["owner"] = owner  # top level, beside type and data, as the emitter writes it
+    return message
 
 
 class LuaPath:
@@ -51,10 +56,11 @@ class LuaPath:
         self.keys = [f"{prefix}:events:history", f"{prefix}:events"]
         self.maxlen = maxlen
 
-    async def send(self, seqs: range, count: int) -> None:
+    async def send(self, seqs: range, count: int, owner: Optional[str] = None) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for seq in seqs:
-            await self.script(keys=self.keys, args=[orjson.dumps(event(seq, count)), self.maxlen],
+            await self.script(keys=self.keys,
+                              args=[orjson.dumps(event(seq, count, owner)), self.maxlen],
                               client=pipe)
         await pipe.execute()
 
@@ -70,7 +76,9 @@ class GroupSendPath:
         self.layer = get_channel_layer()
         self.semaphore = asyncio.Semaphore(self.CONCURRENCY)
 
-    async def send(self, seqs: range, count: int) -> None:
+    async def send(self, seqs: range, count: int, owner: Optional[str] = None) -> None:
+        if owner is not None:
+            raise ValueError("the Channels peer has no owners")
         await asyncio.gather(*(self._send_one(seq, count) for seq in seqs))
 
     async def _send_one(self, seq: int, count: int) -> None:
@@ -78,7 +86,7 @@ class GroupSendPath:
             await self.layer.group_send("tasks", event(seq, count))
 
 
-async def run(path, base: int, count: int, rate: float) -> dict:
+async def run(path, base: int, count: int, rate: float, owner: Optional[str] = None) -> dict:
     cpu_before = cpu_seconds()
     started = monotonic()
     sent, worst_lag = 0, 0.0
@@ -90,7 +98,7 @@ async def run(path, base: int, count: int, rate: float) -> dict:
             continue
         worst_lag = max(worst_lag, now - (started + sent / rate))
         batch = min(due - sent, BATCH_MAX)
-        await path.send(range(base + sent, base + sent + batch), count)
+        await path.send(range(base + sent, base + sent + batch), count, owner)
         sent += batch
     elapsed = monotonic() - started
     # A rate over `count` events spans (count - 1) intervals.

@@ -316,6 +316,11 @@ def render(results: dict, plot_name: str) -> str:
                 f"`{line['function']}` {line['percent']}" for line in spots["self_lines"])]
     elif profile.get("error"):
         out.append(f"Failed: {profile['error']}")
+    scoped = results.get("scoped")
+    if scoped:
+        from bench import scoped as scoped_step
+        out += [""] + (["## Scoped fan-out (token mode)", "", f"Failed: {scoped['error']}"]
+                       if "error" in scoped else [scoped_step.markdown(scoped)])
     out += ["", "## Systems", ""]
     for name, system in (results.get("systems") or {}).items():
         out.append(f"- **{name}**: {system.get('description')}; publisher: {system.get('publisher_path')}")

@@ -126,6 +126,9 @@ class Hub:
         return shared_writes
 
     def _publish_by_owner(self, events: Sequence[Event], failed: list) -> None:
+        if len(events) == 1:
+            self._publish_one_by_owner(events, failed)
+            return
         # Each scoped session's share of the batch, in stream order.
         shares: Dict[Session, List[Event]] = {}
         for event in events:
@@ -152,6 +155,25 @@ class Hub:
                 failed.append((session, exc))
         for kind, count in sent.items():
             self._on_sent(kind, count)
+
+    def _publish_one_by_owner(self, events: Sequence[Event], failed: list) -> None:
+        """The common case, one event: its owner's sessions, no per-session list."""
+        event = events[0]
+        sessions = self._by_owner.get(event.owner) if event.owner is not None else None
+        if not sessions:
+            return
+        frame, sent = event.frame, 0
+        for session in tuple(sessions):  # a send may close a session and shrink the set
+            try:
+                if session.takes_everything:
+                    session.send(frame)
+                    sent += 1
+                else:
+                    session.deliver(events)
+            except Exception as exc:
+                failed.append((session, exc))
+        if sent:
+            self._on_sent(event.type, sent)
 
     def send_all(self, frame: bytes) -> int:
         """Send an already-framed message (a `resync`) to every session;

@@ -39,24 +39,32 @@ def test_any_of_several_secrets_verifies_for_rotation():
     assert auth.verify(token(valid(), key=OTHER)).sub == "alice"
 
 
-@pytest.mark.parametrize("bad, reason", [
-    (None, "token required"),
-    ("", "token required"),
-    ("not.a.jwt", "invalid token"),
-    (token(valid(), key=OTHER), "invalid token: Signature verification failed"),
-    (token(valid(), algorithm="HS512"), "invalid token: The specified alg value is not allowed"),
-    (jwt.encode(valid(), None, algorithm="none"), "invalid token"),
-    (token({"sub": "alice"}), "invalid token: Token is missing the \"exp\" claim"),
-    (token({"exp": int(time.time()) + 60}), "invalid token: Token is missing the \"sub\" claim"),
-    (token(valid(exp=int(time.time()) - 10)), "token expired"),
-    (token(valid(nbf=int(time.time()) + 60)), "invalid token: The token is not yet valid (nbf)"),
-    (token(valid(owners="alice")), "invalid token: 'owners' must be a list of strings"),
-    (token(valid(owners=[1])), "invalid token: 'owners' must be a list of strings"),
-    (token(valid(admin="yes")), "invalid token: 'admin' must be true or false"),
-    (token(valid(aud="another-service")), "invalid token: Invalid audience"),
-    (token(valid(pad="x" * 9000)), "invalid token: longer than 8192 bytes"),
-])
-def test_bad_tokens_are_refused_with_a_reason(bad, reason):
+# Each token is made when its test runs: made at collection, a token "valid for
+# 60 s" would have expired by the time a long suite reaches it.
+@pytest.mark.parametrize("make, reason", [
+    (lambda: None, "token required"),
+    (lambda: "", "token required"),
+    (lambda: "not.a.jwt", "invalid token"),
+    (lambda: token(valid(), key=OTHER), "invalid token: Signature verification failed"),
+    (lambda: token(valid(), algorithm="HS512"),
+     "invalid token: The specified alg value is not allowed"),
+    (lambda: jwt.encode(valid(), None, algorithm="none"), "invalid token"),
+    (lambda: token({"sub": "alice"}), "invalid token: Token is missing the \"exp\" claim"),
+    (lambda: token({"exp": int(time.time()) + 60}),
+     "invalid token: Token is missing the \"sub\" claim"),
+    (lambda: token(valid(exp=int(time.time()) - 10)), "token expired"),
+    (lambda: token(valid(nbf=int(time.time()) + 60)),
+     "invalid token: The token is not yet valid (nbf)"),
+    (lambda: token(valid(owners="alice")), "invalid token: 'owners' must be a list of strings"),
+    (lambda: token(valid(owners=[1])), "invalid token: 'owners' must be a list of strings"),
+    (lambda: token(valid(admin="yes")), "invalid token: 'admin' must be true or false"),
+    (lambda: token(valid(aud="another-service")), "invalid token: Invalid audience"),
+    (lambda: token(valid(pad="x" * 9000)), "invalid token: longer than 8192 bytes"),
+], ids=["none", "empty", "not-a-jwt", "wrong-key", "hs512", "alg-none", "no-exp", "no-sub",
+        "expired", "nbf", "owners-string", "owners-numbers", "admin-string", "aud", "huge"])
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+def test_bad_tokens_are_refused_with_a_reason(make, reason):
+    bad = make()
     with pytest.raises(AuthError) as refused:
         Authenticator([SECRET], leeway=0).verify(bad)
     assert str(refused.value).startswith(reason)
@@ -197,3 +205,22 @@ def test_a_scoped_session_gets_no_queue_push_when_only_others_tasks_moved():
     hub.add(session)
     assert hub.send_live(b"all", lambda scope: None) == 0
     assert sent == []
+
+
+def test_one_event_reaches_exactly_its_owners_sessions_even_if_one_closes_meanwhile():
+    counted = []
+    hub = Hub(on_sent=lambda kind, count: counted.append((kind, count)))
+    (alice_sent, alice), (bob_sent, bob), (admin_sent, admin) = (
+        scoped("alice"), scoped("bob"), scoped(None))
+    closing_sent = []
+    closing = Session(lambda data: (closing_sent.append(data), hub.discard(closing)),
+                      lambda code, reason: None, scope=Scope("c", frozenset({"alice"})))
+    for session in (alice, bob, admin, closing):
+        hub.add(session)
+
+    hub.publish([owned("1-0", "alice")])
+    hub.publish([owned("2-0", "alice")])
+
+    assert ids(alice_sent) == ["1-0", "2-0"] and ids(admin_sent) == ["1-0", "2-0"]
+    assert bob_sent == [] and ids(closing_sent) == ["1-0"]
+    assert counted == [("task_started", 2), ("task_started", 1)]
