@@ -115,6 +115,10 @@ def _inspect(destination: Optional[List[str]], timeout: float) -> Tuple[Replies,
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def _started() -> None:
+    """Runs in the helper process: nothing, once its initializer has run."""
+
+
 def inspect_time_limit(timeout: float) -> float:
     """How long one poll (three calls of up to `timeout` each) may take in all."""
     return 3 * timeout + 10.0
@@ -164,8 +168,11 @@ class QueuePoller:
         self.broker_reachable: Optional[bool] = None
 
     def start(self) -> None:
-        """Tick from now on; polls run only while `enabled`."""
+        """Tick from now on; polls run only while `enabled`. The helper process
+        starts now, on followers too: a process that takes over the lease
+        polls at once instead of first spending seconds importing Celery."""
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        self._executor.submit(_started)
 
     def enable(self) -> None:
         """Start polling (this process now leads): at once, finding every worker anew."""
