@@ -91,6 +91,12 @@ redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
 
+# Replays read from the history at once; the others wait their turn (live
+# events are held meanwhile). redis-py's pool has 100 connections: a burst of
+# reconnects past that failed with MaxConnectionsError, and those clients got
+# `resync` although every event was still there.
+MAX_CONCURRENT_REPLAYS = 32
+
 # Without a snapshot from the leader for this many poll intervals, the lists are stale.
 SNAPSHOT_PATIENCE = 3
 
@@ -145,6 +151,7 @@ class NotifyServer:
         self._tasks: List[asyncio.Task] = []
         self._all_closed: Optional[asyncio.Event] = None  # set by `_closed` while stopping
         self._resumes: Set[asyncio.Task] = set()  # running replays (a Task needs a reference)
+        self._replays = asyncio.Semaphore(MAX_CONCURRENT_REPLAYS)
         # The framed queue_status of each scope's view (None: the whole
         # queue; else the owners it sees that have tasks) and the data they
         # were built from: rebuilt when a poll moved `updated_at`, so replies
@@ -333,15 +340,18 @@ class NotifyServer:
         """
         replayed_up_to = None
         try:
-            if not await self.history.contains(last_event_id):
-                self._send_resync(session, f"event {last_event_id} is not in the retained "
-                                           "history; reload your state")
-                return
-            async for batch in self.history.after(last_event_id):
-                session.replay(batch)
-                if batch:
-                    replayed_up_to = batch[-1].id
+            async with self._replays:
+                if not await self.history.contains(last_event_id):
+                    self._send_resync(session, f"event {last_event_id} is not in the retained "
+                                               "history; reload your state")
+                    return
+                async for batch in self.history.after(last_event_id):
+                    session.replay(batch)
+                    if batch:
+                        replayed_up_to = batch[-1].id
         except (RedisError, OSError) as exc:
+            log.warning("a resume after %s got resync: the history could not be read (%s)",
+                        last_event_id, exc)
             self._send_resync(session, f"history unavailable ({type(exc).__name__}); "
                                        "reload your state")
         finally:

@@ -1,11 +1,13 @@
 """Resume: a client that reconnects gets exactly what it missed, or `resync`."""
 
+import asyncio
 import threading
 
 from notify_server import messages
 from notify_server.emitter import Emitter
 from notify_server.messages import parse_stream_id
 from tests.support.client import WsClient
+from tests.support.processes import start_server
 
 
 def emit_numbered(emitter: Emitter, first: int, count: int, tag: str) -> None:
@@ -82,3 +84,32 @@ async def test_resume_from_an_id_older_than_the_history_sends_resync_first(serve
     await client.send({"action": "ping"})
     assert (await client.wait_for(lambda m: m["type"] == "pong"))["type"] == "pong"
     client.close()
+
+
+async def test_a_burst_of_resumes_past_the_redis_pool_size_replays_every_one(redis_server):
+    """150 clients resuming at once (a process's share after a restart behind
+    nginx): each gets its replay. Before, resumes past redis-py's 100 pooled
+    connections failed with MaxConnectionsError and got `resync`."""
+    import asyncio
+
+    from tests.support.processes import start_server
+
+    server, port = start_server(redis_server.url, name="server-resume-burst")
+    try:
+        emitter = Emitter(redis_server.url)
+        watcher = await WsClient.connect(port)
+        emit_numbered(emitter, 0, 30, "BURST")
+        first = await watcher.wait_for(lambda m: m["type"] == "task_progress"
+                                       and m["data"]["avid"] == "BURST")
+        await watcher.wait_for(lambda m: m["type"] == "task_progress"
+                               and m["data"]["current"] == 29)
+        clients = await asyncio.gather(*(
+            WsClient.connect(port, query=f"last_event_id={first['id']}") for _ in range(150)))
+        for client in clients:
+            await client.wait_for(lambda m: m["type"] == "queue_status")  # ends every replay
+        assert [numbers(client, "BURST") for client in clients] == [list(range(1, 30))] * 150
+        assert not any(m["type"] == "resync" for client in clients for m in client.received)
+        for client in (watcher, *clients):
+            client.close()
+    finally:
+        server.stop()

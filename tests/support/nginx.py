@@ -22,7 +22,9 @@ worker_processes 1;
 error_log {dir}/error.log notice;
 error_log stderr notice;
 events {{
-    worker_connections 512;
+    # Two per proxied socket (client and upstream): room for the 300 clients
+    # of tests/integration/test_several_processes.py and their reconnects.
+    worker_connections 2048;
 }}
 http {{
     access_log {dir}/access.log;
@@ -38,14 +40,18 @@ http {{
 
 def site_config(listen_port: int, upstream_ports: Sequence[int], log_dir: Path) -> str:
     """deploy/nginx.conf listening on 127.0.0.1:`listen_port`, its upstream
-    servers 127.0.0.1:8001, 8002 moved to `upstream_ports`, its logs in `log_dir`."""
+    servers 127.0.0.1:8001, 8002, 8003 moved to `upstream_ports` in order, its
+    logs in `log_dir`. Given fewer ports, the last one takes the remaining
+    upstream lines too (nginx allows a server twice; it only weighs more)."""
     text = SITE.read_text().replace("/var/log/nginx/", f"{log_dir}/")
     text, listens = re.subn(r"^(\s*)listen 80;", rf"\g<1>listen 127.0.0.1:{listen_port};",
                             text, flags=re.M)
     assert listens == 1, "deploy/nginx.conf should have one active `listen 80;`"
     deployed = re.findall(r"^\s*server 127\.0\.0\.1:(\d+)", text, flags=re.M)
-    assert deployed == ["8001", "8002"], deployed
-    ports = dict(zip(deployed, map(str, upstream_ports)))
+    assert deployed == ["8001", "8002", "8003"], deployed
+    assert 1 <= len(upstream_ports) <= len(deployed), upstream_ports
+    given = [str(port) for port in upstream_ports]
+    ports = {port: given[min(index, len(given) - 1)] for index, port in enumerate(deployed)}
     return re.sub(r"^(\s*server 127\.0\.0\.1:)(\d+)", lambda m: m.group(1) + ports[m.group(2)],
                   text, flags=re.M)
 
