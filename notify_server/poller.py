@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, FrozenSet, List, Optional, Tuple, Type
+from typing import Callable, FrozenSet, Iterable, List, Optional, Tuple, Type
 
 from celery import Celery
 from kombu import Connection
@@ -174,12 +174,16 @@ class QueuePoller:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         self._executor.submit(_started)
 
-    def enable(self) -> None:
-        """Start polling (this process now leads): at once, finding every worker anew."""
+    def enable(self, workers: Iterable[str] = ()) -> None:
+        """Start polling (this process now leads), at once. `workers` are those
+        the last leader's snapshot named: the first poll asks them and ends
+        as soon as they answered, instead of waiting the full timeout three
+        times to discover them (a discovery poll follows at its interval)."""
         if self.enabled:
             return
         self.enabled = True
-        self._known, self._partial = frozenset(), frozenset()
+        self._known, self._partial = frozenset(workers), frozenset()
+        self._last_discovery = asyncio.get_running_loop().time() if workers else float("-inf")
         self.poll_soon()
 
     def disable(self) -> None:

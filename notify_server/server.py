@@ -468,7 +468,8 @@ class NotifyServer:
                 self.metrics.leader_changes.inc()
             self._last_holder = holder
         if leading:
-            self.poller.enable()
+            data = self.queue.data()
+            self.poller.enable(data["workers"] if data and not data["stale"] else ())
         else:
             self.poller.disable()
 
