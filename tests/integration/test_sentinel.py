@@ -172,16 +172,22 @@ def out_of_order(stream: List[dict]) -> List[Tuple[str, str]]:
 
 def silent_gaps(stream: List[dict]) -> List[Tuple[int, int]]:
     """(before, after) for each jump in the numbers of `stream` (from -1, so a
-    missing start counts) that no `resync` announced."""
+    missing start counts) that no `resync` announced. A `resync` tells the
+    client to rebuild its state from the next `queue_status`: it covers every
+    gap until then. (After a failover the relay sends it as it reaches the new
+    primary, then relays what that one holds: events the replica had, the
+    lost window, events written after the promotion.)"""
     gaps, previous, announced = [], -1, False
     for message in stream:
         if message["type"] == "resync":
             announced = True
+        elif message["type"] == "queue_status":
+            announced = False
         elif message["type"] == "task_progress":
             number = message["data"]["current"]
             if number > previous + 1 and not announced:
                 gaps.append((previous, number))
-            previous, announced = max(previous, number), False
+            previous = max(previous, number)
     return gaps
 
 

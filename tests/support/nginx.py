@@ -41,8 +41,8 @@ http {{
 def site_config(listen_port: int, upstream_ports: Sequence[int], log_dir: Path) -> str:
     """deploy/nginx.conf listening on 127.0.0.1:`listen_port`, its upstream
     servers 127.0.0.1:8001, 8002, 8003 moved to `upstream_ports` in order, its
-    logs in `log_dir`. Given fewer ports, the last one takes the remaining
-    upstream lines too (nginx allows a server twice; it only weighs more)."""
+    logs in `log_dir`. Given fewer ports, the deployed lines past them are
+    left out (a repeated server would weigh double in least_conn)."""
     text = SITE.read_text().replace("/var/log/nginx/", f"{log_dir}/")
     text, listens = re.subn(r"^(\s*)listen 80;", rf"\g<1>listen 127.0.0.1:{listen_port};",
                             text, flags=re.M)
@@ -50,10 +50,12 @@ def site_config(listen_port: int, upstream_ports: Sequence[int], log_dir: Path) 
     deployed = re.findall(r"^\s*server 127\.0\.0\.1:(\d+)", text, flags=re.M)
     assert deployed == ["8001", "8002", "8003"], deployed
     assert 1 <= len(upstream_ports) <= len(deployed), upstream_ports
-    given = [str(port) for port in upstream_ports]
-    ports = {port: given[min(index, len(given) - 1)] for index, port in enumerate(deployed)}
-    return re.sub(r"^(\s*server 127\.0\.0\.1:)(\d+)", lambda m: m.group(1) + ports[m.group(2)],
-                  text, flags=re.M)
+    ports = dict(zip(deployed, map(str, upstream_ports)))
+
+    def moved(match: re.Match) -> str:
+        port = ports.get(match.group(2))
+        return "" if port is None else match.group(1) + port + match.group(3)
+    return re.sub(r"^(\s*server 127\.0\.0\.1:)(\d+)(.*\n)", moved, text, flags=re.M)
 
 
 class Nginx:
