@@ -2,7 +2,7 @@
 processes instead of one cost, per delivery, at 3,000 sockets and 20 ev/s.
 
     bench/.venv/bin/python -m bench.multiproc [--clients 3000] [--rate 20] [--seconds 20]
-                                             [--cases 1,2,3,4] [--md PATH] ...
+                                             [--cases 1,2,3,4] [--rounds 3] [--md PATH] ...
 
 Four cases, each with its own fresh server process(es) and the same Redis, the
 same load-client process and the same publisher (the emitter's Lua script,
@@ -35,6 +35,10 @@ the last deliveries, to a fixed length), and a second idle window. CPU
 its descendants (the leader's inspect helper), for nginx (master and workers),
 Redis, the load client and the publisher. *Net* CPU is the publishing window's
 less the mean rate of the two idle windows around it, times its length.
+
+The cases run `--rounds` times, every other round in reverse order (a drift of
+the machine does not always favour the same case); the comparisons use each
+case's median over the rounds, and every round's row is kept.
 
 Checked: every socket got every event exactly once (no frame lost, duplicated
 or out of range; every event reached all sockets; no socket dropped), and
@@ -523,19 +527,22 @@ def site_state() -> dict:
 
 
 def summarise(result: dict) -> None:
-    """Per case, the means over the rounds; then the comparisons the issue asks
-    for, from those means."""
+    """Per case, the medians over the rounds (one stalled window moves a mean a
+    lot); then the comparisons the issue asks for, from those medians."""
     by_case: Dict[int, List[dict]] = {}
     for this in result["rounds"]:
         for number, case in this["cases"].items():
             if "error" not in case:
                 by_case.setdefault(int(number), []).append(case)
 
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return round(sum(values) / len(values), 3) if values else None
+    def mean(values):  # the median (the mean of the middle one or two)
+        values = sorted(v for v in values if v is not None)
+        if not values:
+            return None
+        middle = values[(len(values) - 1) // 2:len(values) // 2 + 1]
+        return round(sum(middle) / len(middle), 3)
 
-    means = {}
+    means = {}  # medians, by case
     for number, cases in sorted(by_case.items()):
         last = [c["window"]["report"]["latency_last_client"] for c in cases]
         cpu = [c["cpu"] for c in cases]
@@ -554,7 +561,7 @@ def summarise(result: dict) -> None:
             "machine_busy": mean(c["window"]["machine_busy"] for c in cases),
             "every_socket_every_event_once": all(c["every_socket_every_event_once"]
                                                  for c in cases)}
-    result["means"] = {str(n): m for n, m in means.items()}
+    result["medians"] = {str(n): m for n, m in means.items()}
 
     def compare(base: int, other: int) -> dict:
         a, b = means[base], means[other]
@@ -620,7 +627,7 @@ def means_table(result: dict) -> str:
              f"| server µs/delivery net (each round) | nginx µs/delivery net "
              f"| servers + nginx µs/delivery net | machine busy |",
              "|---|---:|---:|---:|---:|---:|"]
-    for number, m in result.get("means", {}).items():
+    for number, m in result.get("medians", {}).items():
         each_p99 = ", ".join(_fmt(x) for x in m["p99_ms_each"])
         each_us = ", ".join(_fmt(x, 2) for x in m["server_us_net_each"])
         rounds_note = "" if m["rounds"] == rounds else f" ({m['rounds']} of {rounds} rounds)"
@@ -757,7 +764,8 @@ def markdown(result: dict, heading: str = "##") -> str:
            + ". *every socket every event once*: no "
            f"delivery lost or duplicated, each event reached all sockets, no socket dropped.", ""]
     if rounds > 1:
-        out += [f"Means over the {rounds} rounds:", "", means_table(result), ""]
+        out += [f"Medians over the {rounds} rounds (per round in brackets):", "",
+                means_table(result), ""]
     out += verdict(result)
     out += ["", "Every round:" if rounds > 1 else "Figures:", "", table(result), ""]
     per_case = []
@@ -794,7 +802,7 @@ def parse_args(argv):
                              "--tail, rounded up)")
     parser.add_argument("--tail", type=float, default=2.0)
     parser.add_argument("--cases", default="1,2,3,4", help="which of the cases, in order")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="times to run the cases (every other round in reverse order)")
     parser.add_argument("--nginx-workers", default="auto",
                         help="nginx worker_processes (Debian's default: auto)")
