@@ -224,6 +224,15 @@ SETTINGS = (
     Setting("leader_ttl", "NOTIFY_LEADER_TTL", _seconds(0.3, inclusive=True),
             "seconds the poller lease lasts: of all processes on one Redis, its holder polls "
             "inspect; a dead one is replaced within twice this"),
+    Setting("celery_events", "NOTIFY_CELERY_EVENTS", _bool,
+            "bridge Celery's own events (workers started with -E) to clients: no worker "
+            "hook needed"),
+    Setting("enable_events", "NOTIFY_ENABLE_EVENTS", _bool,
+            "send Celery's enable_events to all workers every 5 s (for workers started "
+            "without -E); turns the bridge on"),
+    Setting("history_maxlen", "NOTIFY_HISTORY_MAXLEN", _positive_int,
+            "events the history keeps (approximately) when the bridge writes; give workers "
+            "the same"),
     Setting("log_level", "NOTIFY_LOG_LEVEL", _log_level, "logging level"),
     Setting("xheaders", "NOTIFY_XHEADERS", _bool,
             "trust X-Real-IP/X-Forwarded-For and X-Forwarded-Proto from a reverse proxy"),
@@ -264,6 +273,9 @@ class Settings:
     max_header_size: int = 16384
     header_timeout: float = 10.0
     leader_ttl: float = 5.0
+    celery_events: bool = False
+    enable_events: bool = False
+    history_maxlen: int = 10000
     log_level: str = "INFO"
     xheaders: bool = False
     demo: bool = False
@@ -320,7 +332,11 @@ class Settings:
             max_connections_per_ip=self.max_connections_per_ip, action_rate=self.action_rate,
             action_burst=self.action_burst, max_subscribe=self.max_subscribe,
             queue_channel=self.queue_channel, queue_key=self.queue_key,
-            leader_key=self.leader_key, leader_ttl=self.leader_ttl, instance=instance)
+            leader_key=self.leader_key, leader_ttl=self.leader_ttl, instance=instance,
+            prefix=self.prefix, history_maxlen=self.history_maxlen,
+            # Enabling events only makes sense to read them: it turns the bridge on.
+            celery_events=self.celery_events or self.enable_events,
+            enable_events=self.enable_events)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,14 +17,19 @@ from redis.sentinel import Sentinel
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .events import encode
+from .events import ONCE_WINDOW, encode
 
 log = logging.getLogger(__name__)
 
 # XADD to the capped history, then PUBLISH {"id": <new id>, ...event} on the
 # channel, in one atomic step: a subscriber that sees an id can always find it
 # in the history. ARGV[1] is the event's JSON object, which starts with "{".
+# With KEYS[3] (a transition's key), the event is written only by the first
+# writer of that transition within ARGV[3] seconds; the others get nil.
 EMIT_SCRIPT = """
+if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then
+    return false
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])
 redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 return id
@@ -57,17 +62,21 @@ class Emitter:
         self._url = redis_url
         self._sentinels, self._master = tuple(sentinels), master
         self._keys = [f"{prefix}:events:history", f"{prefix}:events"]
+        self._once_prefix = f"{prefix}:once:"
         self._maxlen = history_maxlen
         self._timeout, self._buffer_size, self._retry_interval = timeout, buffer_size, retry_interval
         self._pid: Optional[int] = None
         self.dropped = 0
+        self.written = 0
+        self.duplicates = 0
 
     def _ensure_process(self) -> None:
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._pending: Deque[bytes] = collections.deque()
+        # (event JSON, transition key or None), oldest first.
+        self._pending: Deque[Tuple[bytes, Optional[str]]] = collections.deque()
         self._down_since: Optional[float] = None
         self._retry_at = 0.0
         self._flusher: Optional[threading.Thread] = None
@@ -86,9 +95,10 @@ class Emitter:
             "socket_timeout": self._timeout, "socket_connect_timeout": self._timeout})
         return sentinel.master_for(self._master, **options)
 
-    def emit(self, message: dict) -> None:
-        """Queue `message` ({"type", "data"}) and write everything pending."""
-        payload = encode(message)
+    def emit(self, message: dict, once: Optional[str] = None) -> None:
+        """Queue `message` ({"type", "data"}) and write everything pending;
+        with `once`, only if that transition was not written already."""
+        payload = (encode(message), None if once is None else self._once_prefix + once)
         self._ensure_process()
         with self._lock:
             if len(self._pending) >= self._buffer_size:
@@ -108,12 +118,21 @@ class Emitter:
         if time.monotonic() < self._retry_at:
             return
         while self._pending:
+            payload, once = self._pending[0]
             try:
-                self._script(keys=self._keys, args=[self._pending[0], self._maxlen])
+                if once is None:
+                    written = self._script(keys=self._keys, args=[payload, self._maxlen])
+                else:
+                    written = self._script(keys=[*self._keys, once],
+                                           args=[payload, self._maxlen, ONCE_WINDOW])
             except RedisError as exc:
                 self._note_outage(exc)
                 return
             self._pending.popleft()
+            if written is None:
+                self.duplicates += 1
+            else:
+                self.written += 1
         if self._down_since is not None:
             log.warning("notify: Redis is back after %.1f s; pending events written (%d dropped)",
                         time.monotonic() - self._down_since, self.dropped)

@@ -17,6 +17,19 @@ TASK_FAILED = "task_failed"
 TASK_PROGRESS = "task_progress"
 TASK_RETRYING = "task_retrying"
 TASK_REVOKED = "task_revoked"
+TASK_RECEIVED = "task_received"
+TASK_REJECTED = "task_rejected"
+WORKER_ONLINE = "worker_online"
+WORKER_OFFLINE = "worker_offline"
+
+# Types about a worker rather than a task: every client may see them, in
+# token mode too (like queue_status's `workers`), and subscriptions do not filter them.
+WORKER_EVENTS = frozenset((WORKER_ONLINE, WORKER_OFFLINE))
+
+# How long the first writer of a task's transition keeps the others out
+# (`transition_key`): the worker hook and the Celery event bridge write the
+# same transitions, and each must reach clients once.
+ONCE_WINDOW = 600
 
 
 def task_started(task_id: str, avid: Any) -> dict:
@@ -37,6 +50,29 @@ def task_retrying(task_id: str, avid: Any, message: str) -> dict:
 
 def task_revoked(task_id: str, avid: Any, message: str) -> dict:
     return _task_event(TASK_REVOKED, task_id, avid, "revoked", message=message)
+
+
+def task_received(task_id: str, avid: Any, worker: str) -> dict:
+    return _task_event(TASK_RECEIVED, task_id, avid, "received", worker=worker)
+
+
+def task_rejected(task_id: str, avid: Any, message: str) -> dict:
+    return _task_event(TASK_REJECTED, task_id, avid, "rejected", message=message)
+
+
+def worker_online(worker: str, at: float) -> dict:
+    return {"type": WORKER_ONLINE, "data": {"worker": worker, "time": at}}
+
+
+def worker_offline(worker: str, at: float, reason: str) -> dict:
+    return {"type": WORKER_OFFLINE, "data": {"worker": worker, "time": at, "reason": reason}}
+
+
+def transition_key(task_id: str, kind: str, attempt: Any) -> str:
+    """What identifies one transition of one task, whoever writes it: its id,
+    the event type and the attempt (Celery's `retries`: a retried task starts
+    again under the same id)."""
+    return f"{task_id}:{kind}:{attempt if isinstance(attempt, int) else 0}"
 
 
 def task_progress(task_id: str, avid: Any, current: float, total: float, message: str) -> dict:

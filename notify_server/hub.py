@@ -95,7 +95,10 @@ class Hub:
         failed: List[Tuple[Session, Exception]] = []
         shared_writes = self._publish_to_everyone(events, failed) if self._everyone else 0
         if self._by_owner:
-            self._publish_by_owner(events, failed)
+            if any(event.public for event in events):
+                self._publish_to_scoped(events, failed)
+            else:
+                self._publish_by_owner(events, failed)
         self._drop(failed)
         return shared_writes
 
@@ -124,6 +127,16 @@ class Hub:
             except Exception as exc:
                 failed.append((session, exc))
         return shared_writes
+
+    def _publish_to_scoped(self, events: Sequence[Event], failed: list) -> None:
+        """A batch with a public event (rare: workers come and go): every
+        scoped session filters the batch itself."""
+        scoped = {session for members in self._by_owner.values() for session in members}
+        for session in scoped:
+            try:
+                session.deliver(events)
+            except Exception as exc:
+                failed.append((session, exc))
 
     def _publish_by_owner(self, events: Sequence[Event], failed: list) -> None:
         if len(events) == 1:

@@ -13,8 +13,9 @@ import orjson
 
 # The task events are the workers' to build (`events` is stdlib-only, so a
 # worker needs no server dependency); re-exported here for the server side.
-from .events import (TASK_COMPLETED, TASK_FAILED, TASK_PROGRESS, TASK_RETRYING,
-                     TASK_REVOKED, TASK_STARTED, owner_text, safe_text, task_completed, task_failed,
+from .events import (TASK_COMPLETED, TASK_FAILED, TASK_PROGRESS, TASK_RECEIVED,
+                     TASK_REJECTED, TASK_RETRYING, TASK_REVOKED, TASK_STARTED, WORKER_EVENTS,
+                     WORKER_OFFLINE, WORKER_ONLINE, owner_text, safe_text, task_completed, task_failed,
                      task_progress, task_retrying, task_revoked, task_started)
 from .framing import text_frame
 
@@ -89,7 +90,8 @@ class Event:
     id as (milliseconds, sequence), parsed once. `owner` decides who may see
     it (`auth.Scope.sees`) and is never sent to clients. `frame` is the
     message as a WebSocket text frame, built at most once however many
-    clients receive it.
+    clients receive it. A `public` event (about a worker, not a task) is
+    for every client, whatever its scope or subscription.
     """
 
     type: str
@@ -102,6 +104,10 @@ class Event:
     def __post_init__(self) -> None:
         if self.id is not None and self.key is None:
             self.key = parse_stream_id(self.id)
+
+    @property
+    def public(self) -> bool:
+        return self.type in WORKER_EVENTS
 
     @property
     def frame(self) -> bytes:

@@ -56,6 +56,12 @@ class Metrics:
                                       registry=registry)
         self.redis_up = Gauge("notify_redis_connected",
                               "1 while the events subscription is up.", registry=registry)
+        self.bridge_events = Counter(
+            "notify_bridge_events",
+            "Celery events the bridge read (received), and protocol events it wrote "
+            "(written) or found already written by the hook or another process (duplicates).",
+            ["outcome"], registry=registry)
+        self._bridge_totals: dict = {}
         self.loop_lag = Histogram("notify_event_loop_lag_seconds",
                                   "How late a 100 ms timer fires on the event loop.",
                                   buckets=LATENCY_BUCKETS, registry=registry)
@@ -81,6 +87,15 @@ class Metrics:
     def delivered(self, events: Iterable[Event]) -> None:
         for event in events:
             self.sent_of(event.type).inc()
+
+    def bridge_counts(self, totals: dict) -> None:
+        """Count the bridge helper's totals since it started (a restarted helper starts at 0)."""
+        for outcome, total in totals.items():
+            before = self._bridge_totals.get(outcome, 0)
+            delta = total - before if total >= before else total
+            self._bridge_totals[outcome] = total
+            if delta:
+                self.bridge_events.labels(outcome).inc(delta)
 
     def poll(self, duration: float, error: Optional[str]) -> None:
         self.poll_duration.observe(duration)

@@ -61,11 +61,11 @@ def _start_inspect_process(broker_url: str, master: Optional[str]) -> None:
     # Ctrl-C reaches the whole process group: the server shuts this process down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _overran)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _inspect_app = make_inspect_app(broker_url, master)
 
 
-def _exit_with_parent(parent: int) -> None:
+def exit_with_parent(parent: int) -> None:
     """Never outlive the server, even one killed with SIGKILL."""
     while os.getppid() == parent:
         time.sleep(1.0)

@@ -23,6 +23,7 @@ from tornado.iostream import IOStream
 
 from . import messages
 from .auth import EVERYONE, AuthError, Authenticator, Scope
+from .bridge import BridgeOptions, CeleryEventBridge
 from .connection import OPEN, Connection
 from .heartbeat import Heartbeat
 from .history import History
@@ -32,7 +33,7 @@ from .limits import ActionBucket, ConnectionCounter
 from .messages import Event, ProtocolError
 from .metrics import Metrics
 from .poller import QueuePoller
-from .queue_status import QueueState, for_scope, owners_of_tasks
+from .queue_status import QueueState, for_scope, owners_of_tasks, with_workers, workers_moved
 from .redis_clients import RedisLocation
 from .relay import Relay
 from .session import Session
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 
 # Events after which the queue lists move: poll again soon.
 LIFECYCLE = frozenset((messages.TASK_STARTED, messages.TASK_COMPLETED, messages.TASK_FAILED,
-                       messages.TASK_RETRYING, messages.TASK_REVOKED))
+                       messages.TASK_RETRYING, messages.TASK_REVOKED, messages.TASK_RECEIVED,
+                       messages.TASK_REJECTED, messages.WORKER_ONLINE, messages.WORKER_OFFLINE))
 
 EMPTY_QUEUE = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
                "workers": [], "updated_at": None, "stale": True}
@@ -78,6 +80,10 @@ class ServerConfig:
     leader_key: str                 # the poller lease
     leader_ttl: float
     instance: str                   # this process, as the lease and /readyz name it
+    prefix: str = "notify"          # of the Redis keys (the bridge writes as workers do)
+    history_maxlen: int = 10000     # the history's length, when the bridge writes to it
+    celery_events: bool = False     # bridge Celery's own event stream (`bridge`)
+    enable_events: bool = False     # and tell workers to send task events
 
 
 # The leader's poll result: stored and announced in one step, and only while
@@ -142,6 +148,10 @@ class NotifyServer:
         self.lease = Lease(self._lease_redis, config.leader_key, config.instance,
                            config.leader_ttl, on_change=self._on_leadership)
         self._publish_snapshot = self._lease_redis.register_script(SNAPSHOT_SCRIPT)
+        # The bridge's worker table (None while it is off or has not reported).
+        self._worker_table: Optional[List[dict]] = None
+        self.bridge = (CeleryEventBridge(self._bridge_options(), self._on_worker_table)
+                       if config.celery_events else None)
         self._latest_result: Optional[bytes] = None   # waiting to be written
         self._writer: Optional[asyncio.Task] = None
         self._snapshot_seen = time.monotonic()        # when the relay last brought one
@@ -163,9 +173,10 @@ class NotifyServer:
         self._pushed_views: Dict[FrozenSet[str], dict] = {}
 
     async def start(self, subscribe_timeout: float = 5.0) -> None:
-        """Start the relay and the poller. Returns once the events subscription
-        is in place, or after `subscribe_timeout` if Redis is unreachable (the
-        relay keeps retrying)."""
+        """Start the relay, the poller and the bridge. Returns once the events
+        subscription is in place and the bridge receives Celery's events, or
+        after `subscribe_timeout` for each if Redis or the broker is
+        unreachable (both keep retrying)."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.relay.run()),
                        loop.create_task(self.heartbeat.run()),
@@ -173,10 +184,18 @@ class NotifyServer:
                        loop.create_task(self.lease.run()),
                        loop.create_task(self._watch_snapshot())]
         self.poller.start()
+        if self.bridge is not None:
+            self.bridge.start()
         try:
             await asyncio.wait_for(self.relay.subscribed_once.wait(), subscribe_timeout)
         except asyncio.TimeoutError:
             log.warning("Redis is unreachable at start-up; serving anyway and retrying")
+        if self.bridge is not None:
+            try:
+                await asyncio.wait_for(self.bridge.ready.wait(), subscribe_timeout)
+            except asyncio.TimeoutError:
+                log.warning("the Celery event bridge receives no events yet (is the broker "
+                            "up?); serving anyway and retrying")
 
     async def stop(self, timeout: float) -> None:
         """Close every socket with 1001 and stop the relay and poller.
@@ -190,6 +209,8 @@ class NotifyServer:
         for connection in tuple(self._connections):
             connection.close(messages.CLOSE_GOING_AWAY, "server shutting down")
         await self.poller.stop()
+        if self.bridge is not None:
+            await self.bridge.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -392,16 +413,16 @@ class NotifyServer:
     def queue_snapshot(self, scope: Scope = EVERYONE) -> Tuple[Optional[dict], Optional[str]]:
         """The latest queue data `scope` may see (None before any poll
         succeeded) and why it is stale (None when fresh)."""
-        data = self.queue.data()
+        data = self._queue_data()
         return (None if data is None else for_scope(data, scope.owners)), self.queue.stale_reason
 
     def queue_status_frame(self, scope: Scope = EVERYONE) -> bytes:
         """The framed `queue_status` for one client seeing `scope`: the
         cached snapshot, or empty lists marked stale when no poll has
         succeeded yet. Clients whose view is the same share one frame."""
-        data = self.queue.data()
+        data = self._queue_data()
         if data is None:
-            data = EMPTY_QUEUE
+            data = with_workers(EMPTY_QUEUE, self._worker_table)
         if data != self._queue_frame_data:
             self._queue_frame_data = data
             self._queue_frames = {}
@@ -414,6 +435,11 @@ class NotifyServer:
             if view is not None:
                 self._view_content(view)  # what clients with this view have now seen
         return frame
+
+    def _queue_data(self) -> Optional[dict]:
+        """The shared snapshot, its workers as the bridge last saw them."""
+        data = self.queue.data()
+        return None if data is None else with_workers(data, self._worker_table)
 
     def _view_content(self, view: FrozenSet[str]) -> dict:
         """A scoped view of the current snapshot without its poll time, kept
@@ -472,6 +498,8 @@ class NotifyServer:
             self.poller.enable(data["workers"] if data and not data["stale"] else ())
         else:
             self.poller.disable()
+        if self.bridge is not None:
+            self.bridge.lead(leading)
 
     def _on_poll_result(self, data: Optional[dict], stale_reason: Optional[str],
                         broker_up: bool) -> None:
@@ -512,7 +540,7 @@ class NotifyServer:
             if age > self._snapshot_patience:
                 stale_reason = f"the last queue snapshot is {age:.0f} s old; no poller leader"
         if self.queue.adopt(shared["data"], stale_reason):
-            self._on_queue_change(self.queue.data())
+            self._on_queue_change()
 
     async def _watch_snapshot(self) -> None:
         """Mark the lists stale when no leader has shared a snapshot for a while."""
@@ -524,9 +552,35 @@ class NotifyServer:
                 self._shared_broker = False
                 if self.queue.mark_failed(f"no queue snapshot from the poller leader for "
                                           f"{silent:.0f} s"):
-                    self._on_queue_change(self.queue.data())
+                    self._on_queue_change()
 
-    def _on_queue_change(self, data: dict) -> None:
+    # -- the Celery event bridge ------------------------------------------------
+
+    def _bridge_options(self) -> BridgeOptions:
+        config = self.config
+        return BridgeOptions(
+            broker_url=config.broker_url,
+            broker_master=(config.redis_master if config.broker_url.startswith("sentinel://")
+                           else None),
+            redis_url=config.redis_url, redis_sentinels=config.redis_sentinels,
+            redis_master=config.redis_master, prefix=config.prefix,
+            history_maxlen=config.history_maxlen, subject_arg=config.subject_arg,
+            owner_arg=config.owner_arg, enable_events=config.enable_events,
+            # What a new leader writes again: what the old one may have missed.
+            replay_window=2 * config.leader_ttl + 2.0,
+            log_level=logging.getLogger().getEffectiveLevel())
+
+    def _on_worker_table(self, table: List[dict], counts: Dict[str, int]) -> None:
+        """The bridge's worker table and counters arrived: clients hear of it
+        when a worker came or went (heartbeat times alone ride along with
+        the next `queue_status`)."""
+        self.metrics.bridge_counts(counts)
+        moved = workers_moved(self._worker_table, table)
+        self._worker_table = table
+        if moved:
+            self._on_queue_change()
+
+    def _on_queue_change(self) -> None:
         everything = self.queue_status_frame()
         before, self._pushed_views = self._pushed_views, {}
 

@@ -68,6 +68,8 @@ class Session:
             self.on_mode_change()
 
     def wants(self, event: Event) -> bool:
+        if event.public:
+            return True
         if self._owners is not None and (event.owner is None or event.owner not in self._owners):
             return False
         if self._task_ids is None and self._avids is None:

@@ -121,10 +121,15 @@ class Notifier:
         return getattr(sender, "app", None) is self.app
 
     def _emit(self, build: Callable[..., dict], task_id: str, args: Any, kwargs: Any,
-              *more: Any) -> None:
-        """Emit `build(task_id, subject, *more)`, with the task's owner if it has one."""
+              *more: Any, attempt: Optional[int] = None) -> None:
+        """Emit `build(task_id, subject, *more)`, with the task's owner if it
+        has one. With `attempt` (the request's `retries`) the event is a
+        lifecycle transition, written once even when the Celery event bridge
+        writes it too."""
         message = build(task_id, events.subject_of(args, kwargs, self._subject_arg), *more)
-        self.emitter.emit(events.with_owner(message, self._owner(args, kwargs)))
+        once = (None if attempt is None
+                else events.transition_key(task_id, message["type"], attempt))
+        self.emitter.emit(events.with_owner(message, self._owner(args, kwargs)), once=once)
 
     def _owner(self, args: Any, kwargs: Any) -> Optional[str]:
         if self._owner_function is None:
@@ -141,22 +146,25 @@ class Notifier:
 
     def _on_prerun(self, sender=None, task_id=None, args=None, kwargs=None, **_):
         if self._mine(sender):
-            self._emit(events.task_started, task_id, args, kwargs)
+            self._emit(events.task_started, task_id, args, kwargs,
+                       attempt=_attempt(sender.request))
 
     def _on_success(self, sender=None, result=None, **_):
         if self._mine(sender):
             request = sender.request
             text = "success" if result is None else events.safe_text(result)
-            self._emit(events.task_completed, request.id, request.args, request.kwargs, text)
+            self._emit(events.task_completed, request.id, request.args, request.kwargs, text,
+                       attempt=_attempt(request))
 
     def _on_failure(self, sender=None, task_id=None, exception=None, args=None, kwargs=None, **_):
         if self._mine(sender):
-            self._emit(events.task_failed, task_id, args, kwargs, _reason(exception))
+            self._emit(events.task_failed, task_id, args, kwargs, _reason(exception),
+                       attempt=_attempt(sender.request))
 
     def _on_retry(self, sender=None, request=None, reason=None, **_):
         if self._mine(sender) and request is not None:
             self._emit(events.task_retrying, request.id, request.args, request.kwargs,
-                       events.safe_text(reason))
+                       events.safe_text(reason), attempt=_attempt(request))
 
     def _on_revoked(self, sender=None, request=None, terminated=False, signum=None,
                     expired=False, **_):
@@ -167,7 +175,14 @@ class Notifier:
                 text = f"terminated by signal {signum}"
             else:
                 text = "revoked"
-            self._emit(events.task_revoked, request.id, request.args, request.kwargs, text)
+            self._emit(events.task_revoked, request.id, request.args, request.kwargs, text,
+                       attempt=_attempt(request))
+
+
+def _attempt(request: Any) -> int:
+    """The request's `retries` (0 on a first run), as Celery's events count it."""
+    retries = getattr(request, "retries", None)
+    return retries if isinstance(retries, int) else 0
 
 
 def _reason(exception: Any) -> str:

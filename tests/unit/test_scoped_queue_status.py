@@ -35,7 +35,7 @@ def task(task_id, owner):
 def poll(server, at, *tasks):
     """What the poller does with a successful poll of these active tasks."""
     if server.queue.update(normalise({"celery@w": list(tasks)}, None, None), at):
-        server._on_queue_change(server.queue.data())
+        server._on_queue_change()
 
 
 def joined(server, scope):

@@ -73,7 +73,7 @@ class RecordingEmitter:
     def __init__(self):
         self.sent = []
 
-    def emit(self, message: dict) -> None:
+    def emit(self, message: dict, once=None) -> None:
         self.sent.append(json.loads(events.encode(message)))
 
 

@@ -1,0 +1,195 @@
+"""The Celery event bridge against a plain Celery app: no hook, no notify_server import.
+
+A private redis-server (broker, events and history), a worker of
+`tests/support/plain_app.py` started with `-E`, and `run.py --celery-events`.
+Everything a client gets here came from Celery's own event stream.
+"""
+
+import asyncio
+import collections
+import signal
+import uuid
+from typing import Optional
+
+import pytest
+import redis
+from celery import Celery
+
+from notify_server.embedded_redis import EmbeddedRedis
+from tests.support.client import WsClient, of_task
+from tests.support.processes import start_server, start_worker
+from tests.support.tasks import unique_avid
+
+PLAIN_APP = "tests.support.plain_app"
+HISTORY = "notify:events:history"
+
+
+@pytest.fixture(scope="module")
+def broker():
+    server = EmbeddedRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_worker(broker):
+    child = start_worker(broker.url, f"plain-{uuid.uuid4().hex[:6]}@localhost",
+                         app=PLAIN_APP, args=["-E"], env={"PLAIN_BROKER_URL": broker.url})
+    yield child
+    child.stop()
+
+
+@pytest.fixture(scope="module")
+def bridge_server(broker, plain_worker):
+    child, port = start_server(broker.url, "--celery-events")
+    yield child, port
+    child.stop()
+
+
+@pytest.fixture(scope="module")
+def producer(broker):
+    app = Celery("plain-producer", broker=broker.url, set_as_current=False)
+    yield app
+    app.close()
+
+
+def fetch(producer, *args, **kwargs) -> str:
+    return producer.send_task("plain.fetch", args=list(args), kwargs=kwargs).id
+
+
+async def test_the_seed_messages_reach_a_client_from_celery_events_alone(bridge_server,
+                                                                        producer):
+    _, port = bridge_server
+    client = await WsClient.connect(port)
+    await client.wait_for(lambda m: m["type"] == "queue_status")
+    positional, keyword, failing = unique_avid("P"), unique_avid("K"), unique_avid("F")
+    first = fetch(producer, positional)
+    second = fetch(producer, avid=keyword)
+    third = fetch(producer, failing, fail=True)
+
+    received = await seen_or_next(client, of_task(first, "task_received"))
+    started = await seen_or_next(client, of_task(first, "task_started"))
+    completed = await seen_or_next(client, of_task(first, "task_completed"))
+    assert received["data"]["avid"] == positional
+    assert received["data"]["worker"].startswith("plain-")
+    assert started["data"] == {"task_id": first, "avid": positional, "status": "started"}
+    assert completed["data"]["avid"] == positional
+    assert completed["data"]["message"] == repr(f"fetched {positional}")
+    assert all("id" in message for message in (received, started, completed))
+
+    keyword_done = await seen_or_next(client, of_task(second, "task_completed"))
+    assert keyword_done["data"]["avid"] == keyword
+
+    failed = await seen_or_next(client, of_task(third, "task_failed"))
+    assert failed["data"]["avid"] == failing
+    assert failed["data"]["status"] == "failed"
+    assert "ValueError" in failed["data"]["message"]
+    assert f"cannot fetch {failing}" in failed["data"]["message"]
+    client.close()
+
+
+async def test_send_event_task_progress_becomes_task_progress(bridge_server, producer):
+    _, port = bridge_server
+    client = await WsClient.connect(port)
+    avid = unique_avid("G")
+    task_id = fetch(producer, avid, steps=4, seconds=0.2)
+
+    await client.wait_for(of_task(task_id, "task_completed"))
+    progress = [m["data"] for m in client.received
+                if m["type"] == "task_progress" and m["data"]["task_id"] == task_id]
+    assert [(p["current"], p["total"], p["percent"]) for p in progress] == [
+        (1, 4, 25.0), (2, 4, 50.0), (3, 4, 75.0), (4, 4, 100.0)]
+    assert {p["avid"] for p in progress} == {avid}
+    assert progress[0]["message"] == "step 1"
+    client.close()
+
+
+async def test_workers_online_and_offline_follow_start_shutdown_and_kill(broker, bridge_server):
+    _, port = bridge_server
+    client = await WsClient.connect(port)
+    await client.wait_for(lambda m: m["type"] == "queue_status")
+    env = {"PLAIN_BROKER_URL": broker.url}
+
+    calm_name = f"calm-{uuid.uuid4().hex[:6]}@localhost"
+    calm = start_worker(broker.url, calm_name, app=PLAIN_APP, args=["-E"], env=env)
+    online = await client.wait_for(lambda m: m["type"] == "worker_online"
+                                   and m["data"]["worker"] == calm_name)
+    assert isinstance(online["data"]["time"], float) and "id" in online
+    listed = await client.wait_for(lambda m: m["type"] == "queue_status"
+                                   and calm_name in m["data"]["workers"])
+    state = {s["name"]: s for s in listed["data"]["worker_states"]}[calm_name]
+    assert state["online"] is True and isinstance(state["last_heartbeat"], float)
+
+    calm.stop()   # warm shutdown: the worker says goodbye
+    offline = await client.wait_for(lambda m: m["type"] == "worker_offline"
+                                    and m["data"]["worker"] == calm_name)
+    assert offline["data"]["reason"] == "shutdown"
+    # The table reaches the server straight from the bridge, the event through
+    # Redis: the queue_status may come first.
+    gone = await seen_or_next(client, lambda m: m["type"] == "queue_status"
+                              and calm_name not in m["data"]["workers"], after=listed)
+    state = {s["name"]: s for s in gone["data"]["worker_states"]}[calm_name]
+    assert state["online"] is False
+
+    doomed_name = f"doomed-{uuid.uuid4().hex[:6]}@localhost"
+    doomed = start_worker(broker.url, doomed_name, app=PLAIN_APP, args=["-E"], env=env)
+    await client.wait_for(lambda m: m["type"] == "worker_online"
+                          and m["data"]["worker"] == doomed_name)
+    doomed.signal(signal.SIGKILL)  # no goodbye: only its heartbeats stop
+    # Celery's expiry: two heartbeat intervals (2 s each) after the last one arrived.
+    offline = await client.wait_for(lambda m: m["type"] == "worker_offline"
+                                    and m["data"]["worker"] == doomed_name, timeout=15)
+    assert offline["data"]["reason"] == "heartbeats stopped"
+    doomed.stop()
+    client.close()
+
+
+async def test_resume_after_a_server_restart_replays_bridged_events(broker, plain_worker,
+                                                                   producer):
+    child, port = start_server(broker.url, "--celery-events", name="restarted")
+    try:
+        client = await WsClient.connect(port)
+        first = fetch(producer, unique_avid("R"))
+        last_seen = (await client.wait_for(of_task(first, "task_completed")))["id"]
+        client.close()
+
+        # While the client is away, the bridge writes another task's events...
+        away_avid = unique_avid("A")
+        away = fetch(producer, away_avid)
+        r = redis.Redis.from_url(broker.url)
+        await _await_in_history(r, away, "task_completed")
+        # ...then the server restarts.
+        child.stop()
+        child, port = start_server(broker.url, "--celery-events", name="restarted")
+
+        client = await WsClient.connect(port, f"last_event_id={last_seen}")
+        replayed = [await client.wait_for(of_task(away, kind))
+                    for kind in ("task_received", "task_started", "task_completed")]
+        assert [m["data"]["avid"] for m in replayed] == [away_avid] * 3
+        status = await client.wait_for(lambda m: m["type"] in ("queue_status", "resync"))
+        assert status["type"] == "queue_status"
+        client.close()
+    finally:
+        child.stop()
+
+
+async def seen_or_next(client: WsClient, predicate, after: Optional[dict] = None) -> dict:
+    """The first message received so far (after the message `after`), or
+    from now on, that satisfies `predicate`."""
+    start = 0 if after is None else next(
+        index for index, message in enumerate(client.received) if message is after) + 1
+    for message in client.received[start:]:
+        if predicate(message):
+            return message
+    return await client.wait_for(predicate)
+
+
+async def _await_in_history(client: redis.Redis, task_id: str, kind: str) -> None:
+    for _ in range(400):
+        entries = client.xrange(HISTORY)
+        if any(task_id.encode() in fields[b"event"] and kind.encode() in fields[b"event"]
+               for _, fields in entries):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{kind} of {task_id} never reached the history")
