@@ -44,7 +44,7 @@ LIFECYCLE = frozenset((messages.TASK_STARTED, messages.TASK_COMPLETED, messages.
                        messages.TASK_RETRYING, messages.TASK_REVOKED))
 
 EMPTY_QUEUE = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
-               "workers": [], "updated_at": None, "stale": True}
+               "workers": [], "queues": [], "updated_at": None, "stale": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +78,8 @@ class ServerConfig:
     leader_key: str                 # the poller lease
     leader_ttl: float
     instance: str                   # this process, as the lease and /readyz name it
+    queues: Tuple[str, ...]         # queues whose depth is always listed (workers' are added)
+    broker_transport_options: Dict[str, object]  # the workers' Celery broker_transport_options
 
 
 # The leader's poll result: stored and announced in one step, and only while
@@ -134,7 +136,8 @@ class NotifyServer:
             interval=config.poll_interval, timeout=config.inspect_timeout,
             discovery_interval=config.discovery_interval,
             refresh_delay=config.refresh_delay, subject_arg=config.subject_arg,
-            owner_arg=config.owner_arg, on_poll=self.metrics.poll)
+            owner_arg=config.owner_arg, queues=config.queues,
+            broker_transport_options=config.broker_transport_options, on_poll=self.metrics.poll)
         # The lease gets its own client: a renewal must fail fast, well within the lease.
         self._lease_redis = self.location.client(
             socket_timeout=config.leader_ttl / 3,
@@ -469,7 +472,8 @@ class NotifyServer:
             self._last_holder = holder
         if leading:
             data = self.queue.data()
-            self.poller.enable(data["workers"] if data and not data["stale"] else ())
+            self.poller.enable(data["workers"] if data and not data["stale"] else (),
+                               queues=[queue["name"] for queue in (data or {}).get("queues", ())])
         else:
             self.poller.disable()
 

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -111,12 +111,14 @@ def start_server(redis_url: Optional[str], *extra: str, env: Optional[dict] = No
 
 
 def start_worker(redis_url: str, hostname: str, concurrency: int = 2,
-                 env: Optional[dict] = None) -> Child:
-    """Start `celery -A notify_server.demo worker` (prefork) and wait until it is ready."""
+                 env: Optional[dict] = None, queues: Sequence[str] = ()) -> Child:
+    """Start `celery -A notify_server.demo worker` (prefork) and wait until it is
+    ready; it consumes `queues` (`-Q`), else Celery's default queue."""
     child = Child(f"worker-{hostname.split('@')[0]}",
                   [sys.executable, "-m", "celery", "-A", "notify_server.demo", "worker",
                    "--loglevel", "INFO", "--concurrency", str(concurrency),
-                   "--hostname", hostname, "--without-gossip", "--without-mingle"],
+                   "--hostname", hostname, "--without-gossip", "--without-mingle",
+                   *(["--queues", ",".join(queues)] if queues else [])],
                   env={"REDIS_URL": redis_url, **(env or {})})
     try:
         child.wait_for_line(r"ready\.", timeout=60)
