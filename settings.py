@@ -8,6 +8,7 @@ configuration table in step.
 
 import argparse
 import dataclasses
+import json
 import math
 import re
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -154,6 +155,21 @@ def _origins(value: str) -> tuple:
     return origins
 
 
+def _queue_names(value: str) -> tuple:
+    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+
+
+def _json_object(value: str) -> dict:
+    try:
+        parsed = json.loads(value) if value.strip() else {}
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ValueError('must be a JSON object such as {"global_keyprefix": "app:", '
+                         '"priority_steps": [0, 3, 6, 9]}, or empty')
+    return parsed
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -174,6 +190,12 @@ SETTINGS = (
             "name of the master the sentinels watch"),
     Setting("broker_url", "CELERY_BROKER_URL", _broker_url,
             "Celery broker the poller inspects; defaults to the Redis URL"),
+    Setting("broker_transport_options", "NOTIFY_BROKER_TRANSPORT_OPTIONS", _json_object,
+            "the workers' Celery broker_transport_options as a JSON object (global_keyprefix, "
+            "sep, priority_steps, master_name); the poller's own socket timeouts win"),
+    Setting("queues", "NOTIFY_QUEUES", _queue_names,
+            "queues whose depth queue_status always lists, comma-separated; the workers' "
+            "queues are added as found"),
     Setting("prefix", "NOTIFY_PREFIX", _text, "prefix of the Redis keys: PREFIX:events and PREFIX:events:history"),
     Setting("subject_arg", "NOTIFY_SUBJECT_ARG", _identifier,
             "keyword argument that names a task's subject (avid); else the first positional"),
@@ -249,6 +271,8 @@ class Settings:
     redis_sentinels: tuple = ()
     redis_master: str = "mymaster"
     broker_url: Optional[str] = None
+    broker_transport_options: dict = dataclasses.field(default_factory=dict)
+    queues: tuple = ("celery",)
     prefix: str = "notify"
     subject_arg: str = "avid"
     poll_interval: float = 2.0
@@ -333,6 +357,7 @@ class Settings:
             action_burst=self.action_burst, max_subscribe=self.max_subscribe,
             queue_channel=self.queue_channel, queue_key=self.queue_key,
             leader_key=self.leader_key, leader_ttl=self.leader_ttl, instance=instance,
+            queues=self.queues, broker_transport_options=self.broker_transport_options,
             prefix=self.prefix, history_maxlen=self.history_maxlen,
             # Enabling events only makes sense to read them: it turns the bridge on.
             celery_events=self.celery_events or self.enable_events,

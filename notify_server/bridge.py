@@ -51,6 +51,7 @@ class BridgeOptions:
 
     broker_url: str
     broker_master: Optional[str]        # the Sentinel master of a sentinel:// broker
+    broker_transport_options: dict      # the workers' own (global_keyprefix names channels too)
     redis_url: Optional[str]
     redis_sentinels: Tuple[Tuple[str, int], ...]
     redis_master: Optional[str]
@@ -154,8 +155,9 @@ def run_helper(options: BridgeOptions, leading, pipe) -> None:
     threading.Thread(target=exit_with_parent, args=(multiprocessing.parent_process().pid,),
                      daemon=True).start()
     app = Celery("notify-server-events", broker=options.broker_url, set_as_current=False)
-    if options.broker_master:
-        app.conf.broker_transport_options = {"master_name": options.broker_master}
+    app.conf.broker_transport_options = {
+        **({"master_name": options.broker_master} if options.broker_master else {}),
+        **options.broker_transport_options}
     emitter = Emitter(options.redis_url, prefix=options.prefix,
                       history_maxlen=options.history_maxlen,
                       sentinels=options.redis_sentinels, master=options.redis_master)

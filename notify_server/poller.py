@@ -3,12 +3,14 @@
 An adapter. Celery's inspect calls run in one helper *process*, not a thread:
 kombu and Celery do enough pure-Python work per poll that a thread would hold
 the GIL for milliseconds at a time and delay every broadcast on the event
-loop. The replies come back as plain dicts, are normalised by `queue_status`
-and stored in the shared `QueueState` on the event-loop thread.
+loop. The same process reads the queues' depths from the broker after the
+inspect calls. The replies come back as plain dicts, are normalised by
+`queue_status` and stored in the shared `QueueState` on the event-loop thread.
 """
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import multiprocessing
 import os
@@ -16,29 +18,44 @@ import signal
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, FrozenSet, Iterable, List, Optional, Tuple, Type
+from dataclasses import dataclass
+from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple,
+                    Type)
 
 from celery import Celery
 from kombu import Connection
 from kombu.exceptions import OperationalError
+from kombu.transport import redis as redis_transport
 
 from .poll_outcome import classify_failure, judge
-from .queue_status import QueueState, Replies, normalise
+from .queue_status import QueueState, Replies, normalise, queue_names, remember_queues
 
 log = logging.getLogger(__name__)
 
-# The inspect app of the helper process (set by `_start_inspect_process` in that
-# process only; the server process never touches it).
+# The inspect app of the helper process and the errors its broker raises (set by
+# `_start_inspect_process` in that process only; the server process never touches them).
 _inspect_app: Optional[Celery] = None
+_broker_errors: Tuple[Type[BaseException], ...] = ()
+
+# Broker transport options that keep a poll from hanging: they win over the
+# user's, because `inspect_time_limit` counts on them.
+FAIL_FAST_OPTIONS = {"socket_timeout": 3.0, "socket_connect_timeout": 2.0, "max_retries": 1}
 
 
-def make_inspect_app(broker_url: str, master: Optional[str] = None) -> Celery:
-    """A Celery app used only to inspect workers: fails fast when the broker is
-    down. `master` names the Redis Sentinel master of a `sentinel://` broker."""
+def make_inspect_app(broker_url: str, master: Optional[str] = None,
+                     transport_options: Optional[Mapping[str, Any]] = None) -> Celery:
+    """A Celery app used only to inspect workers and read queue depths: fails
+    fast when the broker is down.
+
+    `transport_options` are the workers' own `broker_transport_options`, so
+    that this app names the broker's keys as they do (`global_keyprefix`,
+    `sep`, `priority_steps`); `FAIL_FAST_OPTIONS` replace theirs. `master`
+    names the Redis Sentinel master of a `sentinel://` broker when the
+    options name none (`master_name`).
+    """
     app = Celery("notify-server-inspect", broker=broker_url, set_as_current=False)
-    options = {"socket_timeout": 3.0, "socket_connect_timeout": 2.0, "max_retries": 1}
-    if master:
-        options["master_name"] = master
+    options = {**({"master_name": master} if master else {}), **(transport_options or {}),
+               **FAIL_FAST_OPTIONS}
     app.conf.update(
         broker_connection_timeout=2.0,
         broker_connection_retry=False,
@@ -56,13 +73,15 @@ def _overran(signum, frame) -> None:
     raise InspectTimeout("the inspect poll did not finish in time")
 
 
-def _start_inspect_process(broker_url: str, master: Optional[str]) -> None:
-    global _inspect_app
+def _start_inspect_process(broker_url: str, master: Optional[str],
+                           transport_options: Mapping[str, Any]) -> None:
+    global _inspect_app, _broker_errors
     # Ctrl-C reaches the whole process group: the server shuts this process down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _overran)
     threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    _inspect_app = make_inspect_app(broker_url, master)
+    _inspect_app = make_inspect_app(broker_url, master, transport_options)
+    _broker_errors = broker_errors(broker_url)
 
 
 def exit_with_parent(parent: int) -> None:
@@ -96,23 +115,74 @@ def broker_errors(broker_url: str) -> Tuple[Type[BaseException], ...]:
     return tuple(dict.fromkeys(errors))
 
 
-def _inspect(destination: Optional[List[str]], timeout: float) -> Tuple[Replies, Replies, Replies]:
-    """Runs in the helper process: the three inspect calls, as plain dicts.
+def read_depths(app: Celery, queues: Iterable[str]) -> Dict[str, Optional[int]]:
+    """How many messages wait in the broker in each of `queues`, taken by no worker yet.
+
+    On Redis: the lengths of each queue's list and of its priority lists,
+    named by kombu's own channel as its `_size` names them (`sep`,
+    `priority_steps` and `global_keyprefix` from the app's transport
+    options), all read in one pipeline: one round trip, one instant. None for
+    a queue whose key holds something other than a list, and for every queue
+    on any other broker (not read). Raises the broker's errors.
+    """
+    names = sorted(queues)
+    with app.connection_or_acquire() as connection:
+        if not names or not isinstance(connection.transport, redis_transport.Transport):
+            return dict.fromkeys(names)
+        channel = connection.default_channel
+        keys = [[channel._q_for_pri(name, step) for step in channel.priority_steps]
+                for name in names]
+        with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+            for key in itertools.chain.from_iterable(keys):
+                pipe.llen(key)
+            lengths = iter(pipe.execute(raise_on_error=False))
+    return {name: _total([next(lengths) for _ in queue_keys])
+            for name, queue_keys in zip(names, keys)}
+
+
+def _total(lengths: List[Any]) -> Optional[int]:
+    # An error in place of a length: that key is not a list (not a kombu queue).
+    return sum(lengths) if all(isinstance(length, int) for length in lengths) else None
+
+
+@dataclass(frozen=True)
+class InspectResult:
+    """One poll's findings, as the helper process hands them back."""
+
+    replies: Tuple[Replies, Replies, Replies]  # active, scheduled, reserved
+    queues: FrozenSet[str]                      # every queue name known after this poll
+    depths: Dict[str, Optional[int]]            # name -> messages waiting, None: unknown
+    depth_error: Optional[str]                  # why the depths are unknown, if the read failed
+
+
+def _inspect(destination: Optional[List[str]], timeout: float,
+             queues: FrozenSet[str]) -> InspectResult:
+    """Runs in the helper process: the three inspect calls, as plain dicts;
+    on a discovery poll (`destination` None) `active_queues` too, whose names
+    join `queues`; then the depth of every queue (`read_depths`).
 
     With `limit`, kombu stops after that many reply *messages*, a late reply
     to an earlier call included: a reply slower than `timeout` can cost the
     next call its answer. `judge` treats that like any other part-answered
-    poll.
+    poll. A broker error while reading the depths does not fail the poll:
+    they are all None and `depth_error` says why.
     """
     limit = len(destination) if destination else None
     inspect = _inspect_app.control.inspect(timeout=timeout, destination=destination, limit=limit)
-    # A connection that hangs would stop every later poll: the three calls and
-    # a reconnect get a generous limit, after which the poll fails (a broker fault).
+    # A connection that hangs would stop every later poll: the calls, the depth
+    # read and a reconnect get a generous limit, after which the poll fails (a broker fault).
     signal.setitimer(signal.ITIMER_REAL, inspect_time_limit(timeout))
     try:
-        return inspect.active(), inspect.scheduled(), inspect.reserved()
+        replies = inspect.active(), inspect.scheduled(), inspect.reserved()
+        if destination is None:
+            queues = remember_queues(queues, queue_names(inspect.active_queues()))
+        try:
+            depths, depth_error = read_depths(_inspect_app, queues), None
+        except _broker_errors as exc:
+            depths, depth_error = dict.fromkeys(queues), f"{type(exc).__name__}: {exc}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+    return InspectResult(replies, queues, depths, depth_error)
 
 
 def _started() -> None:
@@ -120,8 +190,9 @@ def _started() -> None:
 
 
 def inspect_time_limit(timeout: float) -> float:
-    """How long one poll (three calls of up to `timeout` each) may take in all."""
-    return 3 * timeout + 10.0
+    """How long one poll (up to four calls of up to `timeout` each, then the
+    depth read) may take in all."""
+    return 4 * timeout + 10.0
 
 
 class QueuePoller:
@@ -139,15 +210,26 @@ class QueuePoller:
     some calls is repeated at once (see `poll_outcome.judge`). Failures are
     logged once per outage (a bug's traceback once per kind of bug) and never
     propagate; only broker errors count as the broker being unreachable.
+
+    Every poll also reads how many messages wait in each known queue
+    (`read_depths`): the `queues` given, those that `enable` names and those
+    the workers consume (`active_queues`, asked on discovery polls). A name
+    once known stays for the life of the process, up to
+    `queue_status.MAX_QUEUES` names. `broker_transport_options` are the
+    workers' Celery `broker_transport_options` (see `make_inspect_app`).
     """
 
     def __init__(self, broker_url: str, state: QueueState,
                  on_result: Callable[[Optional[dict], Optional[str], bool], None],
                  *, interval: float, timeout: float, discovery_interval: float,
                  refresh_delay: float, subject_arg: str, owner_arg: str = "user_id",
-                 broker_master: Optional[str] = None,
+                 broker_master: Optional[str] = None, queues: Iterable[str] = (),
+                 broker_transport_options: Optional[Mapping[str, Any]] = None,
                  on_poll: Callable[[float, Optional[str]], None] = lambda duration, error: None):
         self._broker_url, self._broker_master = broker_url, broker_master
+        self._transport_options = dict(broker_transport_options or {})
+        self._queues = remember_queues(frozenset(), queues)
+        self._depth_error: Optional[str] = None
         self._state, self._on_result, self._on_poll = state, on_result, on_poll
         self._interval, self._timeout = interval, timeout
         self._discovery_interval, self._refresh_delay = discovery_interval, refresh_delay
@@ -174,15 +256,18 @@ class QueuePoller:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         self._executor.submit(_started)
 
-    def enable(self, workers: Iterable[str] = ()) -> None:
+    def enable(self, workers: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
         """Start polling (this process now leads), at once. `workers` are those
         the last leader's snapshot named: the first poll asks them and ends
         as soon as they answered, instead of waiting the full timeout three
-        times to discover them (a discovery poll follows at its interval)."""
+        times to discover them (a discovery poll follows at its interval).
+        `queues` are the queue names it listed: they are known from the first
+        poll on, as the workers' own are only from the next discovery poll."""
         if self.enabled:
             return
         self.enabled = True
         self._known, self._partial = frozenset(workers), frozenset()
+        self._queues = remember_queues(self._queues, queues)
         self._last_discovery = asyncio.get_running_loop().time() if workers else float("-inf")
         self.poll_soon()
 
@@ -208,7 +293,8 @@ class QueuePoller:
         # spawn, not fork: the server process has threads and an event loop.
         return concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_inspect_process, initargs=(self._broker_url, self._broker_master))
+            initializer=_start_inspect_process,
+            initargs=(self._broker_url, self._broker_master, self._transport_options))
 
     def request_refresh(self) -> None:
         """Poll again soon (debounced), e.g. because a task started or ended."""
@@ -246,8 +332,8 @@ class QueuePoller:
         destination = None if discovering else sorted(self._known)
         started = time.monotonic()
         try:
-            replies = await loop.run_in_executor(self._executor, _inspect, destination,
-                                                 self._timeout)
+            result = await loop.run_in_executor(self._executor, _inspect, destination,
+                                                self._timeout, self._queues)
         except BrokenProcessPool:
             self._executor = self._new_executor()
             self._failed("the inspect process died; restarted it", started)
@@ -259,10 +345,12 @@ class QueuePoller:
             self._failed(failure.reason, started, bug=None if failure.broker_down else exc)
             return
         self.broker_reachable = True
+        self._queues = remember_queues(self._queues, result.queues)
+        self._note_depths(result.depth_error)
         try:
-            verdict = judge(replies, self._partial)
-            snapshot = (normalise(*replies, subject_arg=self._subject_arg,
-                                  owner_arg=self._owner_arg)
+            verdict = judge(result.replies, self._partial)
+            snapshot = (normalise(*result.replies, result.depths,
+                                  subject_arg=self._subject_arg, owner_arg=self._owner_arg)
                         if verdict.publish else None)
         except Exception as exc:  # in our own pure code: never a broker error
             self._failed(classify_failure(exc, ()).reason, started, bug=exc)
@@ -284,6 +372,14 @@ class QueuePoller:
         self.failures = 0
         self._state.update(snapshot, time.time())
         self._report()
+
+    def _note_depths(self, error: Optional[str]) -> None:
+        """Log a failed depth read once, until a read succeeds again."""
+        if error is not None and self._depth_error is None:
+            log.warning("queue depths unknown (waiting: null) until a read succeeds: %s", error)
+        elif error is None and self._depth_error is not None:
+            log.info("queue depths readable again")
+        self._depth_error = error
 
     def _report(self) -> None:
         if self.enabled:

@@ -5,7 +5,7 @@ Pure: no Celery, Tornado or Redis imports. The poller feeds replies in;
 handlers read `QueueState.data()`.
 """
 
-from typing import Any, Dict, FrozenSet, List, Optional
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional
 
 from .events import owner_of, subject_of
 
@@ -14,6 +14,10 @@ TASK_LISTS = ("active_tasks", "scheduled_tasks", "reserved_tasks")
 # Celery's inspect replies: {worker hostname: [task info dict, ...]} or None
 # when no worker answered.
 Replies = Optional[Dict[str, List[dict]]]
+
+# Queue names one process remembers at most, the configured ones included: a
+# name past this is never listed (a bound on what each poll reads and sends).
+MAX_QUEUES = 1000
 
 
 def _epoch(value: Any) -> Optional[float]:
@@ -55,12 +59,33 @@ def _entries(replies: Replies, build, args: tuple) -> List[dict]:
     return entries
 
 
-def normalise(active: Replies, scheduled: Replies, reserved: Replies,
-              subject_arg: str = "avid", owner_arg: str = "user_id") -> dict:
-    """Build the seed's `queue_status` data from three inspect replies.
+def queue_names(reply: Replies) -> FrozenSet[str]:
+    """The queue names in an `active_queues` inspect reply
+    ({worker: [{"name": QUEUE, "exchange": ..., ...}, ...]})."""
+    return frozenset(queue["name"] for queues in (reply or {}).values()
+                     if isinstance(queues, list) for queue in queues
+                     if isinstance(queue, dict) and isinstance(queue.get("name"), str))
 
-    The result holds `active_tasks`, `scheduled_tasks`, `reserved_tasks` and
-    `workers` (every worker that answered any of the three, sorted). Each
+
+def remember_queues(known: FrozenSet[str], found: Iterable[str],
+                    cap: int = MAX_QUEUES) -> FrozenSet[str]:
+    """`known` plus the names in `found`, the new ones in name order until
+    there are `cap` names in all. A known name is never dropped: a queue
+    that drained (or lost its workers) stays listed with 0 waiting."""
+    room = max(0, cap - len(known))
+    return known | frozenset(sorted(frozenset(found) - known)[:room])
+
+
+def normalise(active: Replies, scheduled: Replies, reserved: Replies,
+              depths: Optional[Mapping[str, Optional[int]]] = None,
+              subject_arg: str = "avid", owner_arg: str = "user_id") -> dict:
+    """Build the seed's `queue_status` data from three inspect replies and
+    the broker's queue depths.
+
+    The result holds `active_tasks`, `scheduled_tasks`, `reserved_tasks`,
+    `workers` (every worker that answered any of the three, sorted) and
+    `queues`: ``{"name", "waiting"}`` for each queue in `depths` (name ->
+    messages waiting in the broker, None when unknown), sorted by name. Each
     task entry also holds its `owner` (kwargs[owner_arg], or None), which
     `for_scope` removes before a client sees it. `updated_at` and `stale` are
     added by `QueueState`.
@@ -73,6 +98,8 @@ def normalise(active: Replies, scheduled: Replies, reserved: Replies,
         "scheduled_tasks": _entries(scheduled, _scheduled_entry, args),
         "reserved_tasks": _entries(reserved, _waiting_entry, args),
         "workers": sorted(set(active or {}) | set(scheduled or {}) | set(reserved or {})),
+        "queues": [{"name": name, "waiting": waiting}
+                   for name, waiting in sorted((depths or {}).items())],
     }
 
 
@@ -106,7 +133,8 @@ def for_scope(data: dict, owners: Optional[FrozenSet[str]]) -> dict:
     """The queue data a client may see: every task (`owners` None: an admin
     or open mode) or only those whose owner is in `owners` (a task of no
     known owner is nobody's). Entries lose their internal `owner` field;
-    nothing says how many tasks were left out."""
+    nothing says how many tasks were left out. `workers` and `queues` are
+    the same for every scope."""
     view = dict(data)
     for key in TASK_LISTS:
         view[key] = [{k: v for k, v in entry.items() if k != "owner"} for entry in data[key]
@@ -124,8 +152,8 @@ class QueueState:
     """The last queue snapshot and whether it is current.
 
     Only the event-loop thread calls it. `update` returns whether clients need
-    a new `queue_status`: true when the task lists, the workers or the
-    staleness changed, not when only `updated_at` moved.
+    a new `queue_status`: true when the task lists, the workers, a queue's
+    depth or the staleness changed, not when only `updated_at` moved.
     """
 
     def __init__(self) -> None:

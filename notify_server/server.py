@@ -46,7 +46,7 @@ LIFECYCLE = frozenset((messages.TASK_STARTED, messages.TASK_COMPLETED, messages.
                        messages.TASK_REJECTED, messages.WORKER_ONLINE, messages.WORKER_OFFLINE))
 
 EMPTY_QUEUE = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
-               "workers": [], "updated_at": None, "stale": True}
+               "workers": [], "queues": [], "updated_at": None, "stale": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +80,8 @@ class ServerConfig:
     leader_key: str                 # the poller lease
     leader_ttl: float
     instance: str                   # this process, as the lease and /readyz name it
+    queues: Tuple[str, ...]         # queues whose depth is always listed (workers' are added)
+    broker_transport_options: Dict[str, object]  # the workers' Celery broker_transport_options
     prefix: str = "notify"          # of the Redis keys (the bridge writes as workers do)
     history_maxlen: int = 10000     # the history's length, when the bridge writes to it
     celery_events: bool = False     # bridge Celery's own event stream (`bridge`)
@@ -140,7 +142,8 @@ class NotifyServer:
             interval=config.poll_interval, timeout=config.inspect_timeout,
             discovery_interval=config.discovery_interval,
             refresh_delay=config.refresh_delay, subject_arg=config.subject_arg,
-            owner_arg=config.owner_arg, on_poll=self.metrics.poll)
+            owner_arg=config.owner_arg, queues=config.queues,
+            broker_transport_options=config.broker_transport_options, on_poll=self.metrics.poll)
         # The lease gets its own client: a renewal must fail fast, well within the lease.
         self._lease_redis = self.location.client(
             socket_timeout=config.leader_ttl / 3,
@@ -495,7 +498,8 @@ class NotifyServer:
             self._last_holder = holder
         if leading:
             data = self.queue.data()
-            self.poller.enable(data["workers"] if data and not data["stale"] else ())
+            self.poller.enable(data["workers"] if data and not data["stale"] else (),
+                               queues=[queue["name"] for queue in (data or {}).get("queues", ())])
         else:
             self.poller.disable()
         if self.bridge is not None:
@@ -562,6 +566,7 @@ class NotifyServer:
             broker_url=config.broker_url,
             broker_master=(config.redis_master if config.broker_url.startswith("sentinel://")
                            else None),
+            broker_transport_options=dict(config.broker_transport_options),
             redis_url=config.redis_url, redis_sentinels=config.redis_sentinels,
             redis_master=config.redis_master, prefix=config.prefix,
             history_maxlen=config.history_maxlen, subject_arg=config.subject_arg,

@@ -14,11 +14,13 @@ from typing import Optional
 import pytest
 import redis
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import AsyncHTTPClient
 
 from notify_server.embedded_redis import EmbeddedRedis
 from tests.support.client import WsClient, of_task
 from tests.support.processes import start_server, start_worker
-from tests.support.tasks import unique_avid
+from tests.support.tasks import submit, unique_avid
 
 PLAIN_APP = "tests.support.plain_app"
 HISTORY = "notify:events:history"
@@ -193,3 +195,75 @@ async def _await_in_history(client: redis.Redis, task_id: str, kind: str) -> Non
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{kind} of {task_id} never reached the history")
+
+
+async def test_enable_events_turns_on_task_events_of_a_worker_started_without_e(make_redis):
+    broker = make_redis()
+    hostname = f"quiet-{uuid.uuid4().hex[:6]}@localhost"
+    worker = start_worker(broker.url, hostname, app=PLAIN_APP,
+                          env={"PLAIN_BROKER_URL": broker.url})
+    child, port = start_server(broker.url, env={"NOTIFY_ENABLE_EVENTS": "1"}, name="enabling")
+    producer = Celery("enabling-producer", broker=broker.url, set_as_current=False)
+    try:
+        assert "task events: OFF" in "".join(worker.output)
+        worker.wait_for_line(r"Events of group \{task\} enabled by remote")
+        client = await WsClient.connect(port)
+        avid = unique_avid("E")
+        task_id = fetch(producer, avid)
+        started = await client.wait_for(of_task(task_id, "task_started"))
+        completed = await client.wait_for(of_task(task_id, "task_completed"))
+        assert started["data"]["avid"] == completed["data"]["avid"] == avid
+        client.close()
+    finally:
+        producer.close()
+        child.stop()
+        worker.stop()
+
+
+async def test_with_the_hook_and_the_bridge_each_transition_reaches_clients_once(make_redis):
+    broker = make_redis()
+    worker = start_worker(broker.url, f"hooked-{uuid.uuid4().hex[:6]}@localhost", args=["-E"],
+                          concurrency=3)
+    child, port = start_server(broker.url, "--celery-events", name="hook-and-bridge")
+    producer = Celery("hooked-producer", broker=broker.url, set_as_current=False)
+    try:
+        client = await WsClient.connect(port)
+        duplicates_before = await bridge_count(port, "duplicates")
+        tasks = [submit(producer, unique_avid("H"), seconds=0.2, fail=index % 5 == 0)
+                 for index in range(20)]
+        for task_id in tasks:
+            await seen_or_next(client, lambda m, t=task_id: of_task(t)(m)
+                               and m["type"] in ("task_completed", "task_failed"))
+        # Only the bridge writes task_received, in the order Celery sent its
+        # events: once the marker's is here, every earlier event was handled.
+        marker = submit(producer, unique_avid("M"), seconds=0.05)
+        await client.wait_for(of_task(marker, "task_received"))
+
+        counts = collections.Counter((m["data"]["task_id"], m["type"]) for m in client.received
+                                     if m.get("data", {}).get("task_id") in tasks
+                                     and m["type"] in LIFECYCLE)
+        for index, task_id in enumerate(tasks):
+            final = "task_failed" if index % 5 == 0 else "task_completed"
+            assert {kind: counts[(task_id, kind)] for kind in LIFECYCLE if counts[(task_id, kind)]} \
+                == {"task_received": 1, "task_started": 1, final: 1}, task_id
+        # Both wrote: the hook's progress is there, and the bridge had transitions refused.
+        assert any(m["type"] == "task_progress" for m in client.received)
+        assert await bridge_count(port, "duplicates") > duplicates_before
+        client.close()
+    finally:
+        producer.close()
+        child.stop()
+        worker.stop()
+
+
+LIFECYCLE = ("task_received", "task_started", "task_completed", "task_failed")
+
+
+async def bridge_count(port: int, outcome: str) -> float:
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")
+    for family in text_string_to_metric_families(response.body.decode()):
+        for sample in family.samples:
+            if (sample.name == "notify_bridge_events_total"
+                    and sample.labels.get("outcome") == outcome):
+                return sample.value
+    return 0.0

@@ -111,14 +111,16 @@ def start_server(redis_url: Optional[str], *extra: str, env: Optional[dict] = No
 
 
 def start_worker(redis_url: str, hostname: str, concurrency: int = 2,
-                 env: Optional[dict] = None, app: str = "notify_server.demo",
-                 args: Sequence[str] = ()) -> Child:
-    """Start `celery -A <app> worker` (prefork; the demo app by default, with
-    extra `args` such as -E) and wait until it is ready."""
+                 env: Optional[dict] = None, queues: Sequence[str] = (),
+                 app: str = "notify_server.demo", args: Sequence[str] = ()) -> Child:
+    """Start `celery -A <app> worker` (prefork; the demo app by default) and
+    wait until it is ready; it consumes `queues` (`-Q`), else Celery's default
+    queue, and gets any extra `args` (such as -E)."""
     child = Child(f"worker-{hostname.split('@')[0]}",
                   [sys.executable, "-m", "celery", "-A", app, "worker",
                    "--loglevel", "INFO", "--concurrency", str(concurrency),
-                   "--hostname", hostname, "--without-gossip", "--without-mingle", *args],
+                   "--hostname", hostname, "--without-gossip", "--without-mingle",
+                   *(["--queues", ",".join(queues)] if queues else []), *args],
                   env={"REDIS_URL": redis_url, **(env or {})})
     try:
         child.wait_for_line(r"ready\.", timeout=60)

@@ -118,7 +118,7 @@ async def test_a_socket_that_left_open_is_never_added_to_the_hub_again(io_loop):
         auth_secrets=(), auth_leeway=5.0, max_connections=0, max_connections_per_ip=0,
         action_rate=20.0, action_burst=40, max_subscribe=1000, queue_channel="t:queue",
         queue_key="t:queue:snapshot", leader_key="t:poller:leader", leader_ttl=5.0,
-        instance="test:0:1"))
+        instance="test:0:1", queues=("celery",), broker_transport_options={}))
     closed_early, closing = [], []
     for kept in (closed_early, closing):
         ours, _peer = socket.socketpair()

@@ -128,7 +128,7 @@ def test_a_hung_inspect_call_fails_the_poll_after_its_time_limit(monkeypatch):
     previous = signal.signal(signal.SIGALRM, poller._overran)
     try:
         with pytest.raises(poller.InspectTimeout):
-            poller._inspect(None, 1.0)
+            poller._inspect(None, 1.0, frozenset())
     finally:
         signal.signal(signal.SIGALRM, previous)
         released.set()

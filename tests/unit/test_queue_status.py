@@ -21,7 +21,7 @@ def test_normalise_gives_the_seed_shape_once_the_owner_is_removed():
 def test_normalise_treats_no_reply_as_empty():
     data = normalise(None, None, None)
     assert data == {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
-                    "workers": []}
+                    "workers": [], "queues": []}
 
 
 def test_subject_prefers_the_keyword_then_the_first_positional():

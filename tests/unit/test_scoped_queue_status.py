@@ -24,7 +24,7 @@ def make_server() -> NotifyServer:
         auth_secrets=("s" * 32,), auth_leeway=5.0, max_connections=0, max_connections_per_ip=0,
         action_rate=20.0, action_burst=40, max_subscribe=1000, queue_channel="t:queue",
         queue_key="t:queue:snapshot", leader_key="t:poller:leader", leader_ttl=5.0,
-        instance="test:0:1"))
+        instance="test:0:1", queues=("celery",), broker_transport_options={}))
 
 
 def task(task_id, owner):

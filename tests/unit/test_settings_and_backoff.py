@@ -37,12 +37,27 @@ def test_every_setting_has_a_flag_and_a_field():
     ([], {"NOTIFY_ALLOWED_ORIGINS": " , "}, "NOTIFY_ALLOWED_ORIGINS=' , ': must be * or"),
     ([], {"NOTIFY_DEMO": "maybe"}, "NOTIFY_DEMO='maybe': must be one of 1, true"),
     ([], {"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379': must be a redis://"),
+    ([], {"NOTIFY_BROKER_TRANSPORT_OPTIONS": "{sep: 1}"},
+     "NOTIFY_BROKER_TRANSPORT_OPTIONS='{sep: 1}': must be a JSON object"),
+    (["--broker-transport-options", "[0, 3]"], {},
+     "--broker-transport-options='[0, 3]': must be a JSON object"),
 ])
 def test_a_value_that_is_not_allowed_is_refused_with_its_name_value_and_rule(argv, environ, says):
     with pytest.raises(settings.SettingError) as refused:
         settings.load(argv, environ)
     assert str(refused.value).startswith(says)
     assert "\n" not in str(refused.value)
+
+
+def test_queues_default_to_celerys_and_transport_options_to_none():
+    loaded = settings.load([], {})
+    assert loaded.queues == ("celery",) and loaded.broker_transport_options == {}
+    config = settings.load(["--queues", " video, celery,,video "], {
+        "NOTIFY_BROKER_TRANSPORT_OPTIONS": '{"global_keyprefix": "app:", "sep": ":"}',
+    }).server_config("test:0:1")
+    assert config.queues == ("video", "celery")
+    assert config.broker_transport_options == {"global_keyprefix": "app:", "sep": ":"}
+    assert settings.load([], {"NOTIFY_QUEUES": ""}).queues == ()
 
 
 def test_ping_interval_zero_disables_heartbeats_whatever_the_timeout():

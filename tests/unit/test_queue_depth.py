@@ -1,0 +1,130 @@
+"""Queue depths in `queue_status.queues`: which names are listed, how the
+data looks, and what a poll does when the depths cannot be read (no workers,
+no Redis: kombu's own key naming is proven against a real Redis in
+tests/integration/test_queue_depth.py)."""
+
+import signal
+
+from notify_server import poller
+from notify_server.queue_status import (for_scope, normalise, queue_names,
+                                        remember_queues)
+from tests.support.network import free_port
+
+ACTIVE_QUEUES = {"celery@a": [{"name": "celery", "exchange": {"name": "celery"},
+                               "routing_key": "celery"},
+                              {"name": "video", "routing_key": "video"}],
+                 "celery@b": [{"name": "video"}, {"no name": 1}, "garbage"],
+                 "celery@c": "not a list"}
+
+
+def test_queue_names_are_those_any_worker_consumes():
+    assert queue_names(ACTIVE_QUEUES) == {"celery", "video"}
+    assert queue_names(None) == frozenset()
+
+
+def test_a_known_queue_name_stays_and_new_ones_fill_up_to_the_cap_in_name_order():
+    known = frozenset({"celery"})
+    assert remember_queues(known, []) == {"celery"}
+    assert remember_queues(known, ["b", "a", "celery"]) == {"celery", "a", "b"}
+    assert remember_queues(known, ["c", "b", "a"], cap=3) == {"celery", "a", "b"}
+    full = frozenset({"x", "y", "z"})
+    assert remember_queues(full, ["a"], cap=2) == full  # never dropped, nothing added
+
+
+def test_queues_are_listed_by_name_with_unknown_depths_as_null():
+    data = normalise(None, None, None, {"video": 5, "celery": 0, "mail": None})
+    assert data["queues"] == [{"name": "celery", "waiting": 0},
+                              {"name": "mail", "waiting": None},
+                              {"name": "video", "waiting": 5}]
+
+
+def test_every_scope_sees_every_queue_depth():
+    data = normalise({"celery@a": [{"id": "t1", "kwargs": {"user_id": "alice"}}]}, None, None,
+                     {"celery": 3})
+    for owners in (None, frozenset({"alice"}), frozenset({"bob"}), frozenset()):
+        assert for_scope(data, owners)["queues"] == [{"name": "celery", "waiting": 3}]
+
+
+def test_a_broker_other_than_redis_reports_unknown_depths():
+    app = poller.make_inspect_app("memory://")
+    assert poller.read_depths(app, ["video", "celery"]) == {"celery": None, "video": None}
+
+
+def test_the_workers_transport_options_are_kept_but_the_poll_still_fails_fast():
+    theirs = {"global_keyprefix": "app:", "priority_steps": [0, 5], "sep": ":",
+              "socket_timeout": 60.0, "max_retries": 100, "master_name": "theirs"}
+    options = poller.make_inspect_app("redis://127.0.0.1:1/0", "ours",
+                                      theirs).conf.broker_transport_options
+    assert options == {**theirs, **poller.FAIL_FAST_OPTIONS}
+    assert poller.make_inspect_app("sentinel://127.0.0.1:1", "ours").conf \
+        .broker_transport_options["master_name"] == "ours"
+
+
+class AnsweringInspect:
+    """Inspect calls as one worker consuming `video` answers them."""
+
+    def active(self):
+        return {"celery@a": []}
+
+    scheduled = reserved = active
+
+    def active_queues(self):
+        return {"celery@a": [{"name": "video"}]}
+
+
+def test_a_depth_read_the_broker_fails_leaves_the_poll_with_null_depths(monkeypatch):
+    dead_broker = poller.make_inspect_app(f"redis://127.0.0.1:{free_port()}/0")
+
+    class App:
+        class control:
+            @staticmethod
+            def inspect(**_):
+                return AnsweringInspect()
+
+        connection_or_acquire = dead_broker.connection_or_acquire
+
+    monkeypatch.setattr(poller, "_inspect_app", App)
+    monkeypatch.setattr(poller, "_broker_errors", poller.broker_errors(dead_broker.conf.broker_url))
+    previous = signal.signal(signal.SIGALRM, poller._overran)
+    try:
+        result = poller._inspect(None, 1.0, frozenset({"celery"}))
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+    assert result.replies == ({"celery@a": []},) * 3
+    assert result.queues == {"celery", "video"}
+    assert "Connection refused" in result.depth_error
+    assert normalise(*result.replies, result.depths)["queues"] == [
+        {"name": "celery", "waiting": None}, {"name": "video", "waiting": None}]
+
+
+def test_a_poll_that_names_its_workers_does_not_ask_for_their_queues(monkeypatch):
+    asked = []
+
+    class Inspect(AnsweringInspect):
+        def active_queues(self):
+            asked.append("active_queues")
+            return super().active_queues()
+
+    class App:
+        class control:
+            @staticmethod
+            def inspect(**_):
+                return Inspect()
+
+        connection_or_acquire = poller.make_inspect_app("memory://").connection_or_acquire
+
+    monkeypatch.setattr(poller, "_inspect_app", App)
+    previous = signal.signal(signal.SIGALRM, poller._overran)
+    try:
+        named = poller._inspect(["celery@a"], 1.0, frozenset({"celery"}))
+        discovering = poller._inspect(None, 1.0, frozenset({"celery"}))
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+    assert named.queues == {"celery"} and named.depths == {"celery": None}
+    assert discovering.queues == {"celery", "video"} and asked == ["active_queues"]
+
+
+def test_the_poll_time_limit_covers_four_full_calls():
+    assert poller.inspect_time_limit(1.0) > 4 * 1.0
