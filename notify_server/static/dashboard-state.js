@@ -2,16 +2,18 @@
  * dashboard-state.js: what the dashboard knows about tasks, as plain data.
  *
  * No DOM and no socket: `TaskBoard` takes protocol messages and keeps the
- * running and waiting tasks, the last notifications and the last queue
- * snapshot. Each `apply*` method returns the names of the parts that changed
- * ('running', 'waiting', 'notifications', 'snapshot'), so a view redraws only those.
+ * running and waiting tasks, the last notifications, the last queue snapshot,
+ * the workers and the queue depths. Each `apply*` method returns the names of
+ * the parts that changed ('running', 'waiting', 'notifications', 'snapshot',
+ * 'workers', 'queues'), so a view redraws only those.
  */
 
 export const NOTIFICATION_LIMIT = 50;
 
 // A snapshot is taken by a Celery inspect poll that may have started before a
-// task event arrived; a task seen in an event this recently stays running even
-// when the snapshot does not list it yet.
+// task or worker event arrived; what an event showed this recently (a running
+// or received task, a worker going online or offline) stays as the event left
+// it even when the snapshot does not agree yet.
 export const SNAPSHOT_GRACE_MS = 5000;
 
 // Finished tasks remembered so that a snapshot older than the finish event
@@ -19,8 +21,10 @@ export const SNAPSHOT_GRACE_MS = 5000;
 const FINISHED_MEMORY = 5000;
 
 const FINISH_EVENTS = new Set(['task_completed', 'task_failed', 'task_revoked']);
+const LEAVING_EVENTS = new Set([...FINISH_EVENTS, 'task_retrying', 'task_rejected']);
 const NOTIFIED_EVENTS = new Set([
   'task_started', 'task_completed', 'task_failed', 'task_retrying', 'task_revoked',
+  'task_rejected',
 ]);
 
 export class TaskBoard {
@@ -29,12 +33,23 @@ export class TaskBoard {
     this.now = now;
     /** task_id → {taskId, avid, worker, startedAt (ms), percent (null until a progress event), progress, eventAt} */
     this.running = new Map();
-    /** [{taskId, avid, worker, kind: 'reserved'|'scheduled', eta}] in the order they will run. */
+    /**
+     * [{taskId, avid, worker, kind: 'reserved'|'received'|'scheduled', eta, eventAt}] in the
+     * order they will run; 'received' rows come from `task_received` events (eventAt in ms,
+     * 0 for rows of a snapshot).
+     */
     this.waiting = [];
     /** Newest first, at most NOTIFICATION_LIMIT: {key, kind, taskId, avid, message, at (ms)}. */
     this.notifications = [];
-    /** {workers, updatedAt (ms or null), stale, receivedAt (ms)} of the last queue_status, or null. */
+    /** {updatedAt (ms or null), stale, receivedAt (ms)} of the last queue_status, or null. */
     this.snapshot = null;
+    /**
+     * By name: [{name, online, lastHeartbeat (ms or null: unknown), reason (of the last
+     * worker_offline, or null), eventAt (ms of the last worker event, 0 if none)}].
+     */
+    this.workers = [];
+    /** [{name, waiting (messages no worker took yet; null: the broker cannot tell)}]. */
+    this.queues = [];
     this._waitingIds = new Set();
     this._finished = new Set();
     this._sequence = 0;
@@ -56,22 +71,35 @@ export class TaskBoard {
     }
     const waitingEntry = (kind) => (entry) => ({
       taskId: entry.task_id, avid: entry.avid, worker: entry.worker, kind, eta: entry.eta ?? null,
+      eventAt: 0,
     });
     const scheduled = (data.scheduled_tasks || []).map(waitingEntry('scheduled'))
       .sort((a, b) => (Date.parse(a.eta) || 0) - (Date.parse(b.eta) || 0));
-    this.waiting = [...(data.reserved_tasks || []).map(waitingEntry('reserved')), ...scheduled]
+    const reserved = (data.reserved_tasks || []).map(waitingEntry('reserved'));
+    const snapshotIds = new Set([...reserved, ...scheduled].map((task) => task.taskId));
+    const received = this.waiting.filter((task) => task.kind === 'received'
+      && !snapshotIds.has(task.taskId) && now - task.eventAt <= SNAPSHOT_GRACE_MS);
+    this.waiting = [...reserved, ...received, ...scheduled]
       .filter((task) => !this.running.has(task.taskId) && !this._finished.has(task.taskId));
     this._waitingIds = new Set(this.waiting.map((task) => task.taskId));
+    this.workers = this._snapshotWorkers(data, now);
+    this.queues = (data.queues || []).map((queue) => ({
+      name: queue.name, waiting: typeof queue.waiting === 'number' ? queue.waiting : null,
+    }));
     this.snapshot = {
-      workers: data.workers || [],
       updatedAt: typeof data.updated_at === 'number' ? data.updated_at * 1000 : null,
       stale: Boolean(data.stale),
       receivedAt: now,
     };
-    return ['running', 'waiting', 'snapshot'];
+    return ['running', 'waiting', 'snapshot', 'workers', 'queues'];
   }
 
-  /** Apply one task event (`task_started`, `task_progress`, `task_completed`, ...). */
+  /**
+   * Apply one task event (`task_received`, `task_started`, `task_progress`,
+   * `task_completed`, `task_rejected`, ...). A `task_received` of a task
+   * already running or finished is ignored: Celery's events reach the server
+   * by another path than the worker's own, so it may arrive late.
+   */
   applyTaskEvent(type, data) {
     const now = this.now();
     const changed = [];
@@ -85,7 +113,9 @@ export class TaskBoard {
       }
       changed.push('running');
       if (type === 'task_started' && this._removeWaiting(data.task_id)) changed.push('waiting');
-    } else if (FINISH_EVENTS.has(type) || type === 'task_retrying') {
+    } else if (type === 'task_received') {
+      if (this._receive(data, now)) changed.push('waiting');
+    } else if (LEAVING_EVENTS.has(type)) {
       if (FINISH_EVENTS.has(type)) this._rememberFinished(data.task_id);
       if (this.running.delete(data.task_id)) changed.push('running');
       if (this._removeWaiting(data.task_id)) changed.push('waiting');
@@ -97,6 +127,31 @@ export class TaskBoard {
     return changed;
   }
 
+  /**
+   * Apply `worker_online` or `worker_offline`. The worker keeps that state
+   * over any snapshot for SNAPSHOT_GRACE_MS; a later snapshot decides.
+   */
+  applyWorkerEvent(type, data) {
+    if (typeof data.worker !== 'string') return [];
+    let worker = this.workers.find((known) => known.name === data.worker);
+    if (!worker) {
+      worker = { name: data.worker, online: false, lastHeartbeat: null, reason: null, eventAt: 0 };
+      this.workers = [...this.workers, worker].sort(byName);
+    }
+    worker.eventAt = this.now();
+    if (type === 'worker_online') {
+      worker.online = true;
+      worker.reason = null;
+      if (typeof data.time === 'number') {
+        worker.lastHeartbeat = latest(worker.lastHeartbeat, data.time * 1000);
+      }
+    } else {
+      worker.online = false;
+      worker.reason = data.reason ?? null;
+    }
+    return ['workers'];
+  }
+
   /** Events were lost (`resync`): forget every task; the next snapshot refills the lists. */
   applyResync(reason) {
     this.running.clear();
@@ -104,6 +159,52 @@ export class TaskBoard {
     this._waitingIds.clear();
     this._notify('resync', null, null, reason, this.now());
     return ['running', 'waiting', 'notifications'];
+  }
+
+  // The snapshot's workers: `worker_states`, or from an older server (or one
+  // without heartbeats) the names in `workers`, all online; a worker event
+  // fresher than SNAPSHOT_GRACE_MS keeps its state and adds its worker. Only
+  // worker_offline says why: a snapshot that agrees keeps its reason.
+  _snapshotWorkers(data, now) {
+    const listed = data.worker_states?.length
+      ? data.worker_states.map((state) => ({
+        name: state.name,
+        online: Boolean(state.online),
+        lastHeartbeat: typeof state.last_heartbeat === 'number' ? state.last_heartbeat * 1000 : null,
+        reason: null,
+        eventAt: 0,
+      }))
+      : (data.workers || []).map((name) => ({
+        name, online: true, lastHeartbeat: null, reason: null, eventAt: 0,
+      }));
+    const byNameListed = new Map(listed.map((worker) => [worker.name, worker]));
+    for (const known of this.workers) {
+      const snapshot = byNameListed.get(known.name);
+      if (now - known.eventAt <= SNAPSHOT_GRACE_MS) {
+        byNameListed.set(known.name, {
+          ...known, lastHeartbeat: latest(known.lastHeartbeat, snapshot?.lastHeartbeat ?? null),
+        });
+      } else if (snapshot && !snapshot.online && !known.online) {
+        snapshot.reason = known.reason;
+      }
+    }
+    return [...byNameListed.values()].sort(byName);
+  }
+
+  // A waiting 'received' row, unless the task is already listed, running or finished.
+  _receive(data, now) {
+    const taskId = data.task_id;
+    if (this.running.has(taskId) || this._finished.has(taskId) || this._waitingIds.has(taskId)) {
+      return false;
+    }
+    const task = { taskId, avid: data.avid, worker: data.worker ?? null, kind: 'received', eta: null,
+      eventAt: now };
+    // After the reserved rows: received tasks run after those a worker already held.
+    const firstScheduled = this.waiting.findIndex((waiting) => waiting.kind === 'scheduled');
+    const at = firstScheduled === -1 ? this.waiting.length : firstScheduled;
+    this.waiting = [...this.waiting.slice(0, at), task, ...this.waiting.slice(at)];
+    this._waitingIds.add(taskId);
+    return true;
   }
 
   _runningTask(taskId, avid, now) {
@@ -134,4 +235,12 @@ export class TaskBoard {
     this.notifications.unshift({ key: this._sequence, kind, taskId, avid, message, at });
     if (this.notifications.length > NOTIFICATION_LIMIT) this.notifications.length = NOTIFICATION_LIMIT;
   }
+}
+
+function byName(a, b) {
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}
+
+function latest(a, b) {
+  return a === null ? b : b === null ? a : Math.max(a, b);
 }

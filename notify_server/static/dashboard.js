@@ -90,6 +90,12 @@ function formatDuration(ms) {
   return h ? `${h}:${String(m).padStart(2, '0')}:${s}` : `${m}:${s}`;
 }
 
+/** "N s" under a minute, else "m:ss" or "h:mm:ss"; never negative (clocks differ). */
+function formatAge(ms) {
+  const seconds = Math.max(0, Math.round(ms / 1000));
+  return seconds < 60 ? `${seconds} s` : formatDuration(seconds * 1000);
+}
+
 function formatClock(ms) {
   return new Date(ms).toLocaleTimeString([], { hour12: false });
 }
@@ -172,6 +178,7 @@ const waiting = new KeyedList(element('waiting'), (task) => {
   row.root.dataset.kind = task.kind;
   const eta = Date.parse(task.eta);
   setText(row.kind, task.kind === 'scheduled' && eta ? `scheduled for ${formatClock(eta)}` : task.kind);
+  row.kind.title = task.kind === 'received' ? 'a worker took it; it waits there to run' : '';
 });
 
 function drawWaiting() {
@@ -196,6 +203,55 @@ function drawNotifications() {
   notifications.show(board.notifications, (note) => note.key);
 }
 
+// -- workers and queues ---------------------------------------------------------
+
+const workers = new KeyedList(element('workers'), (worker) => {
+  const root = make('li', 'chip worker-state');
+  root.dataset.worker = worker.name;
+  make('span', 'worker-name', root).textContent = worker.name;
+  root.append(' '); // read as "name status", not "namestatus"; flex layout ignores it
+  const beat = make('span', 'beat', root);
+  return { root, beat };
+}, (row, worker) => {
+  row.root.dataset.online = String(worker.online);
+  setText(row.beat, workerStatus(worker, Date.now()));
+  row.beat.title = worker.lastHeartbeat === null ? ''
+    : `last heartbeat at ${formatClock(worker.lastHeartbeat)}`;
+});
+
+/** "online, last heartbeat 3 s ago", "offline (shutdown), last heartbeat 1:05 ago", "online". */
+function workerStatus(worker, now) {
+  let text = worker.online ? 'online' : 'offline';
+  if (!worker.online && worker.reason) text += ` (${worker.reason})`;
+  if (worker.lastHeartbeat !== null) {
+    text += `, last heartbeat ${formatAge(now - worker.lastHeartbeat)} ago`;
+  }
+  return text;
+}
+
+function drawWorkers() {
+  workers.show(board.workers, (worker) => worker.name);
+}
+
+const queues = new KeyedList(element('queues'), (queue) => {
+  const root = make('li', 'chip queue');
+  root.dataset.queue = queue.name;
+  make('span', 'queue-name', root).textContent = queue.name;
+  root.append(' ');
+  const depth = make('span', 'depth', root);
+  return { root, depth };
+}, (row, queue) => {
+  const known = queue.waiting !== null;
+  row.root.dataset.known = String(known);
+  setText(row.depth, known ? `${queue.waiting} waiting` : 'n/a');
+  row.depth.title = known ? 'messages in the broker that no worker took yet'
+    : 'not known: the broker is not Redis';
+});
+
+function drawQueues() {
+  queues.show(board.queues, (queue) => queue.name);
+}
+
 // -- snapshot and connection -----------------------------------------------------
 
 function drawSnapshot() {
@@ -207,13 +263,11 @@ function drawSnapshot() {
   if (snapshot.updatedAt === null) {
     text = 'No queue snapshot yet: no Celery worker has answered.';
   } else {
-    const seconds = Math.max(0, Math.round((Date.now() - snapshot.updatedAt) / 1000));
-    const age = seconds < 60 ? `${seconds} s` : formatDuration(seconds * 1000);
+    const age = formatAge(Date.now() - snapshot.updatedAt);
     text = `Queue lists as of ${formatClock(snapshot.updatedAt)} (${age} ago)`;
     if (snapshot.stale) text += ': stale, the last poll failed; showing the last good lists';
   }
   setText(element('snapshot-text'), text);
-  setText(element('workers'), snapshot.workers.length ? `Workers: ${snapshot.workers.join(', ')}` : '');
 }
 
 function drawConnection({ state, attempt, delay }) {
@@ -265,6 +319,8 @@ function draw() {
   if (dirty.has('waiting')) drawWaiting();
   if (dirty.has('notifications')) drawNotifications();
   if (dirty.has('snapshot') || dirty.has('clock')) drawSnapshot();
+  if (dirty.has('workers') || dirty.has('clock')) drawWorkers();
+  if (dirty.has('queues')) drawQueues();
   dirty.clear();
 }
 
@@ -281,9 +337,12 @@ client.on('resync', (data) => {
   invalidate(board.applyResync(data.reason));
   client.getQueueStatus().catch(() => {});
 });
-for (const type of ['task_started', 'task_progress', 'task_completed', 'task_failed',
-  'task_retrying', 'task_revoked']) {
+for (const type of ['task_received', 'task_started', 'task_progress', 'task_completed',
+  'task_failed', 'task_retrying', 'task_revoked', 'task_rejected']) {
   client.on(type, (data) => invalidate(board.applyTaskEvent(type, data)));
+}
+for (const type of ['worker_online', 'worker_offline']) {
+  client.on(type, (data) => invalidate(board.applyWorkerEvent(type, data)));
 }
 setInterval(() => invalidate(['clock']), 1000);
 client.connect();

@@ -135,11 +135,19 @@ export class NotifyClient {
   }
 
   /**
-   * Call `fn(data, message)` for every message of `type` (`task_started`,
-   * `task_progress`, `queue_status`, `resync`, `error`, ...), or `fn(detail)`
+   * Call `fn(data, message)` for every message of `type`, or `fn(detail)`
    * for `'state'`: `{state, attempt, delay, code, reason}` on every connection
    * change (`code` and `reason` of the close that caused a `reconnecting`).
    * Returns a function that removes `fn`.
+   *
+   * The server's types (docs/protocol.md): task events `task_received` (a
+   * worker took the task: `worker`), `task_started`, `task_progress`,
+   * `task_completed`, `task_failed`, `task_retrying`, `task_revoked`,
+   * `task_rejected` (`message`); worker events `worker_online` (`worker`,
+   * `time` in epoch seconds) and `worker_offline` (also `reason`); and
+   * `queue_status`, `resync`, `error`, `pong`, `refreshed`. Events carry an
+   * `id`, the resume point. A type this list lacks is delivered all the same,
+   * so a newer server's messages need no newer client.
    */
   on(type, fn) {
     if (!this._handlers.has(type)) this._handlers.set(type, new Set());
@@ -164,7 +172,8 @@ export class NotifyClient {
 
   /**
    * A Promise of the next `queue_status` data (asked for now, or as soon as
-   * the socket opens). Rejected by `close()`.
+   * the socket opens). Rejected by `close()`. Servers before the Celery event
+   * bridge send no `queues` and no `worker_states`: read them as empty lists.
    */
   getQueueStatus() {
     if (this._state === 'closed') return Promise.reject(new Error('NotifyClient is closed'));

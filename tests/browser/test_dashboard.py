@@ -1,6 +1,8 @@
 """The dashboard at `/` in a real Chromium, fed by a real server and Celery worker."""
 
+import json
 import re
+import time
 import uuid
 
 import redis
@@ -26,10 +28,23 @@ def notification(page, task_id: str, kind: str):
     return page.locator(f'#notifications li[data-task-id="{task_id}"][data-kind="{kind}"]')
 
 
+def waiting_row(page, task_id: str):
+    return page.locator(f'#waiting li[data-task-id="{task_id}"]')
+
+
+def worker_chip(page, name: str):
+    return page.locator(f'#workers li[data-worker="{name}"]')
+
+
+def session_worker_chip(page):
+    """The chip of the session's Celery worker (hostname test-<hex>@localhost)."""
+    return page.locator('#workers li[data-worker^="test-"]')
+
+
 def test_running_task_shows_elapsed_time_and_a_moving_progress_bar_then_completes(
         page, server_port, producer):
     open_dashboard(page, server_port)
-    expect(page.locator("#workers")).to_have_text(re.compile(r"^Workers: .*test-"))
+    expect(session_worker_chip(page)).to_have_attribute("data-online", "true")
     avid = unique_avid("DASH")
     task_id = submit(producer, avid, seconds=3.0)
 
@@ -77,7 +92,9 @@ def test_scheduled_task_waits_with_its_eta_and_the_answering_workers_are_shown(
     waiting = page.locator(f'#waiting li[data-task-id="{task_id}"]')
     expect(waiting).to_have_attribute("data-kind", "scheduled")
     expect(waiting.locator(".kind")).to_have_text(re.compile(r"^scheduled for \d\d:\d\d:\d\d$"))
-    expect(page.locator("#workers")).to_have_text(re.compile(r"^Workers: .*test-\w+@localhost"))
+    expect(session_worker_chip(page).locator(".worker-name")).to_have_text(
+        re.compile(r"^test-\w+@localhost$"))
+    expect(session_worker_chip(page).locator(".beat")).to_have_text(re.compile(r"^online"))
     expect(page.locator("#snapshot")).to_have_attribute("data-stale", "false")
     expect(page.locator("#snapshot-text")).to_have_text(
         re.compile(r"^Queue lists as of \d\d:\d\d:\d\d \(\d+ s ago\)$"))
@@ -199,3 +216,92 @@ def test_dashboard_reconnects_resumes_missed_events_and_reloads_after_a_resync(
         expect(connection).to_have_attribute("data-state", "open")
     finally:
         server.stop()
+
+
+def test_bridge_events_show_a_received_task_on_its_worker_a_rejection_and_workers_coming_and_going(
+        page, redis_server):
+    """task_received, task_rejected, worker_online and worker_offline as the
+    server relays them from its history stream, written there as a worker's
+    events are: the page sees them exactly as the event bridge will send them."""
+    prefix = f"bridge-{uuid.uuid4().hex[:6]}"
+    server, port = start_server(redis_server.url, "--prefix", prefix, name="dashboard-bridge")
+    emitter = Emitter(redis_server.url, prefix=prefix)
+    worker = f"{prefix}@bridge-host"
+    try:
+        open_dashboard(page, port)
+
+        emitter.emit({"type": "worker_online", "data": {"worker": worker, "time": time.time() - 30}})
+        chip = worker_chip(page, worker)
+        expect(chip).to_have_attribute("data-online", "true")
+        expect(chip).to_have_text(re.compile(rf"^{worker} online, last heartbeat 3\d s ago$"))
+
+        emitter.emit({"type": "task_received", "data": {
+            "task_id": f"{prefix}-1", "avid": "BRIDGE-1", "status": "received", "worker": worker}})
+        received = waiting_row(page, f"{prefix}-1")
+        expect(received).to_have_attribute("data-kind", "received")
+        expect(received.locator(".avid")).to_have_text("BRIDGE-1")
+        expect(received.locator(".worker")).to_have_text(worker)
+        expect(received.locator(".kind")).to_have_text("received")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-received.png"))
+
+        emitter.emit(messages.task_started(f"{prefix}-1", "BRIDGE-1"))
+        expect(running_row(page, f"{prefix}-1")).to_have_count(1)
+        expect(received).to_have_count(0)
+
+        emitter.emit({"type": "task_rejected", "data": {
+            "task_id": f"{prefix}-2", "avid": "BRIDGE-2", "status": "rejected",
+            "message": "Reject: malformed arguments"}})
+        rejected = notification(page, f"{prefix}-2", "rejected")
+        expect(rejected.locator(".message")).to_have_text("Reject: malformed arguments")
+        expect(rejected.locator(".avid")).to_have_text("BRIDGE-2")
+
+        emitter.emit({"type": "worker_offline", "data": {
+            "worker": worker, "time": time.time(), "reason": "heartbeats stopped"}})
+        expect(chip).to_have_attribute("data-online", "false")
+        expect(chip.locator(".beat")).to_have_text(
+            re.compile(r"^offline \(heartbeats stopped\), last heartbeat 3\d s ago$"))
+    finally:
+        assert server.stop() == 0
+
+
+def test_strip_shows_queue_depths_and_worker_heartbeats_from_queue_status_and_keeps_them_live(
+        page, server_port):
+    """A scripted socket plays a server with the Celery event bridge on:
+    its queue_status has `queues` and `worker_states`, which the real server
+    of this branch does not send yet."""
+    now = time.time()
+    status = {"type": "queue_status", "data": {
+        "active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
+        "workers": ["alpha@host"], "updated_at": now, "stale": False,
+        "queues": [{"name": "celery", "waiting": 4}, {"name": "reports", "waiting": None}],
+        "worker_states": [{"name": "alpha@host", "online": True, "last_heartbeat": now - 3},
+                          {"name": "beta@host", "online": False, "last_heartbeat": now - 90}]}}
+    sockets = []
+
+    def bridge_server(socket):
+        sockets.append(socket)
+        socket.on_message(lambda frame: json.loads(frame).get("action") == "get_queue_status"
+                          and socket.send(json.dumps(status)))
+
+    page.route_web_socket(re.compile(r"/ws/tasks/"), bridge_server)
+    open_dashboard(page, server_port)
+
+    expect(page.locator('#queues li[data-queue="celery"]')).to_have_text("celery 4 waiting")
+    reports = page.locator('#queues li[data-queue="reports"]')
+    expect(reports).to_have_text("reports n/a")
+    expect(reports).to_have_attribute("data-known", "false")
+    alpha, beta = worker_chip(page, "alpha@host"), worker_chip(page, "beta@host")
+    expect(alpha.locator(".beat")).to_have_text(re.compile(r"^online, last heartbeat [3-9] s ago$"))
+    expect(beta.locator(".beat")).to_have_text(re.compile(r"^offline, last heartbeat 1:3\d ago$"))
+    expect(beta).to_have_attribute("data-online", "false")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-strip.png"))
+
+    [socket] = sockets
+    socket.send(json.dumps({"id": "1700000000000-1", "type": "worker_offline", "data": {
+        "worker": "alpha@host", "time": time.time(), "reason": "shutdown"}}))
+    socket.send(json.dumps({"id": "1700000000000-2", "type": "worker_online", "data": {
+        "worker": "beta@host", "time": time.time()}}))
+    expect(alpha.locator(".beat")).to_have_text(
+        re.compile(r"^offline \(shutdown\), last heartbeat \d s ago$"))
+    expect(beta.locator(".beat")).to_have_text(re.compile(r"^online, last heartbeat \d s ago$"))
+    expect(page.locator("#workers li")).to_have_count(2)

@@ -303,3 +303,53 @@ def test_token_expiry_is_read_from_the_payload_and_refresh_comes_before_it(same_
     assert result["expiries"][:2] == [expiry(long_lived), expiry(short_lived)]
     assert result["expiries"][2:] == [None, None, None]
     assert result["delays"] == [3_570_000, 3200, 0, 2**31 - 1]
+
+
+def test_client_delivers_the_event_bridges_messages_and_resumes_after_a_worker_event(
+        same_origin_page, server_port):
+    page = same_origin_page
+    urls = []
+    status = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [], "workers": [],
+              "updated_at": 1700000000.0, "stale": False,
+              "queues": [{"name": "celery", "waiting": 2}],
+              "worker_states": [{"name": "w@h", "online": True, "last_heartbeat": 1699999999.0}]}
+    bridge_events = [
+        {"id": "1700000000000-1", "type": "task_received",
+         "data": {"task_id": "t1", "avid": "A-1", "status": "received", "worker": "w@h"}},
+        {"id": "1700000000000-2", "type": "task_rejected",
+         "data": {"task_id": "t2", "avid": "A-2", "status": "rejected", "message": "no"}},
+        {"id": "1700000000000-3", "type": "worker_online",
+         "data": {"worker": "w2@h", "time": 1700000000.5}},
+        {"id": "1700000000000-4", "type": "worker_offline",
+         "data": {"worker": "w@h", "time": 1700000001.0, "reason": "shutdown"}},
+    ]
+
+    def bridge_server(socket):
+        """First connection: the status asked for, the bridge's events, then a shutdown close."""
+        urls.append(socket.url)
+        if len(urls) > 1:
+            return
+
+        def answer(frame):
+            socket.send(json.dumps({"type": "queue_status", "data": status}))
+            for event in bridge_events:
+                socket.send(json.dumps(event))
+            socket.close(code=1001, reason="server shutting down")
+
+        socket.on_message(answer)
+
+    page.route_web_socket(MOCK_SOCKET, bridge_server)
+    start_client(page, f"ws://127.0.0.1:{server_port}/mock/ws/tasks/", minDelay=50, maxDelay=200)
+    received = page.evaluate("""async () => {
+        window.bridge = [];
+        for (const type of ['task_received', 'task_rejected', 'worker_online', 'worker_offline']) {
+            client.on(type, (data, message) => window.bridge.push({ type, data, id: message.id }));
+        }
+        return client.getQueueStatus();
+    }""")
+
+    assert received == status
+    page.wait_for_function("() => window.states.filter((s) => s.state === 'open').length === 2")
+    assert page.evaluate("() => window.bridge") == [
+        {"type": event["type"], "data": event["data"], "id": event["id"]} for event in bridge_events]
+    assert urls[1].endswith("?last_event_id=1700000000000-4")
