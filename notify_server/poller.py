@@ -28,7 +28,8 @@ from kombu.exceptions import OperationalError
 from kombu.transport import redis as redis_transport
 
 from .poll_outcome import classify_failure, judge
-from .queue_status import QueueState, Replies, normalise, queue_names, remember_queues
+from .queue_status import (QueueState, Replies, normalise, queue_list, queue_names,
+                           remember_queues)
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,8 @@ class QueuePoller:
             return
         self._known, self._partial = verdict.ask, verdict.partial
         if verdict.stale_reason is not None:
+            if result.depth_error is None:
+                self._state.set_queues(queue_list(result.depths))
             self._failed(verdict.stale_reason, started)
             return
         if discovering:

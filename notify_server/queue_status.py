@@ -76,6 +76,11 @@ def remember_queues(known: FrozenSet[str], found: Iterable[str],
     return known | frozenset(sorted(frozenset(found) - known)[:room])
 
 
+def queue_list(depths: Optional[Mapping[str, Optional[int]]]) -> List[dict]:
+    """`queues` of `queue_status`: ``{"name", "waiting"}`` by name."""
+    return [{"name": name, "waiting": waiting} for name, waiting in sorted((depths or {}).items())]
+
+
 def normalise(active: Replies, scheduled: Replies, reserved: Replies,
               depths: Optional[Mapping[str, Optional[int]]] = None,
               subject_arg: str = "avid", owner_arg: str = "user_id") -> dict:
@@ -98,8 +103,7 @@ def normalise(active: Replies, scheduled: Replies, reserved: Replies,
         "scheduled_tasks": _entries(scheduled, _scheduled_entry, args),
         "reserved_tasks": _entries(reserved, _waiting_entry, args),
         "workers": sorted(set(active or {}) | set(scheduled or {}) | set(reserved or {})),
-        "queues": [{"name": name, "waiting": waiting}
-                   for name, waiting in sorted((depths or {}).items())],
+        "queues": queue_list(depths),
     }
 
 
@@ -174,6 +178,14 @@ class QueueState:
         changed = snapshot != self._snapshot or self._stale_reason is not None
         self._snapshot, self._updated_at, self._stale_reason = snapshot, at, None
         return changed
+
+    def set_queues(self, queues: List[dict]) -> None:
+        """New queue depths from a poll no worker answered: the depths are
+        current even when the task lists are not (tasks pile up in a queue
+        most visibly when no worker is there)."""
+        if self._snapshot is None:
+            self._snapshot = {**{key: [] for key in TASK_LISTS}, "workers": []}
+        self._snapshot = {**self._snapshot, "queues": queues}
 
     def mark_failed(self, reason: str) -> bool:
         """Record a failed poll; returns True when this turned the data stale."""

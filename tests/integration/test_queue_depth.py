@@ -127,3 +127,22 @@ def test_a_key_that_is_not_a_list_gives_an_unknown_depth_for_that_queue_only(mak
 
     assert read_depths(make_inspect_app(broker.url), ["notalist", "video"]) == {
         "notalist": None, "video": 1}
+
+
+async def test_waiting_is_counted_while_no_worker_at_all_is_there(make_redis):
+    broker = make_redis()
+    queue = unique_queue()
+    server, port = start_server(broker.url, env={"NOTIFY_QUEUES": queue})
+    client = await WsClient.connect(port)
+    producer = producer_for(broker.url)
+
+    for priority in (None, 9, None):
+        send(producer, queue, priority)
+
+    # The lists are stale (no worker answers inspect); the depths are current.
+    status = await client.wait_for(waiting_in(queue, 3))
+    assert status["data"]["stale"] is True
+    assert status["data"]["workers"] == [] and status["data"]["active_tasks"] == []
+    client.close()
+    producer.close()
+    server.stop()
