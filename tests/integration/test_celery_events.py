@@ -7,6 +7,7 @@ Everything a client gets here came from Celery's own event stream.
 
 import asyncio
 import collections
+import json
 import signal
 import uuid
 from typing import Optional
@@ -17,10 +18,13 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
+from notify_server import events
 from notify_server.embedded_redis import EmbeddedRedis
+from notify_server.emitter import Emitter
 from tests.support.client import WsClient, of_task
 from tests.support.processes import start_server, start_worker
 from tests.support.tasks import submit, unique_avid
+from tests.support.waiting import eventually
 
 PLAIN_APP = "tests.support.plain_app"
 HISTORY = "notify:events:history"
@@ -176,7 +180,8 @@ async def test_resume_after_a_server_restart_replays_bridged_events(broker, plai
         child.stop()
 
 
-async def seen_or_next(client: WsClient, predicate, after: Optional[dict] = None) -> dict:
+async def seen_or_next(client: WsClient, predicate, after: Optional[dict] = None,
+                       timeout: float = 20.0) -> dict:
     """The first message received so far (after the message `after`), or
     from now on, that satisfies `predicate`."""
     start = 0 if after is None else next(
@@ -184,7 +189,7 @@ async def seen_or_next(client: WsClient, predicate, after: Optional[dict] = None
     for message in client.received[start:]:
         if predicate(message):
             return message
-    return await client.wait_for(predicate)
+    return await client.wait_for(predicate, timeout)
 
 
 async def _await_in_history(client: redis.Redis, task_id: str, kind: str) -> None:
@@ -267,3 +272,71 @@ async def bridge_count(port: int, outcome: str) -> float:
                     and sample.labels.get("outcome") == outcome):
                 return sample.value
     return 0.0
+
+
+async def test_one_bridge_writes_and_a_new_leader_fills_in_what_the_dead_one_missed(make_redis):
+    """Two servers bridge the same broker; the leader is killed (-9) while
+    tasks run. A client of the survivor gets every transition exactly once."""
+    broker = make_redis()
+    env = {"NOTIFY_LEADER_TTL": "1.0", "PLAIN_BROKER_URL": broker.url}
+    worker = start_worker(broker.url, f"failover-{uuid.uuid4().hex[:6]}@localhost",
+                          app=PLAIN_APP, args=["-E"], env=env)
+    servers = [start_server(broker.url, "--celery-events", env=env, name=f"bridge-{index}")
+               for index in range(2)]
+    producer = Celery("failover-producer", broker=broker.url, set_as_current=False)
+    try:
+        bodies = [await eventually(lambda port=port: readyz(port),
+                                   lambda body: body["leader"] is not None)
+                  for _, port in servers]
+        leader = next(index for index, body in enumerate(bodies)
+                      if body["leader"] == body["instance"])
+        (doomed, _), (_, survivor_port) = servers[leader], servers[1 - leader]
+        client = await WsClient.connect(survivor_port)
+        await client.wait_for(lambda m: m["type"] == "queue_status")
+
+        tasks = []
+        for index in range(12):
+            tasks.append(fetch(producer, unique_avid("L"), seconds=0.3))
+            if index == 4:
+                doomed.signal(signal.SIGKILL)
+            await asyncio.sleep(0.25)  # pacing the producer, not waiting for an outcome
+        for task_id in tasks:
+            await seen_or_next(client, of_task(task_id, "task_completed"), timeout=30)
+        marker = fetch(producer, unique_avid("M"))
+        await client.wait_for(of_task(marker, "task_received"))
+
+        counts = collections.Counter((m["data"]["task_id"], m["type"]) for m in client.received
+                                     if m.get("data", {}).get("task_id") in tasks)
+        for task_id in tasks:
+            assert [counts[(task_id, kind)] for kind in
+                    ("task_received", "task_started", "task_completed")] == [1, 1, 1], task_id
+        client.close()
+    finally:
+        producer.close()
+        for child, _ in servers:
+            child.stop()
+        worker.stop()
+
+
+async def readyz(port: int) -> dict:
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/readyz",
+                                             raise_error=False)
+    return json.loads(response.body)
+
+
+def test_the_emit_script_writes_a_transition_once_whoever_writes_it(broker):
+    prefix = f"once-{uuid.uuid4().hex[:6]}"
+    hook, bridge = (Emitter(broker.url, prefix=prefix) for _ in range(2))
+    started = {"type": "task_started", "data": {"task_id": "t-1", "avid": "A",
+                                                "status": "started"}}
+    key = events.transition_key("t-1", events.TASK_STARTED, 0)
+
+    hook.emit(started, once=key)
+    bridge.emit(started, once=key)
+    bridge.emit(started, once=events.transition_key("t-1", events.TASK_STARTED, 1))  # a retry
+    hook.emit({"type": "task_progress", "data": {"task_id": "t-1"}})  # no key: always written
+
+    entries = redis.Redis.from_url(broker.url).xrange(f"{prefix}:events:history")
+    assert [json.loads(fields[b"event"])["type"] for _, fields in entries] == [
+        "task_started", "task_started", "task_progress"]
+    assert (hook.written, hook.duplicates, bridge.written, bridge.duplicates) == (2, 0, 1, 1)
