@@ -106,11 +106,14 @@ def fail(message: str) -> NoReturn:
 
 
 def start_demo(redis_url: str, prefix: str, owner_arg: str) -> list:
-    """Start a demo Celery worker and a task producer; returns their processes."""
+    """Start a demo Celery worker and a task producer; returns their processes.
+
+    The worker has the hook installed and sends Celery's events (-E): with the
+    bridge on (`--demo` turns it on) both paths write, each transition once."""
     env = {**os.environ, "REDIS_URL": redis_url or "", "NOTIFY_PREFIX": prefix,
            "NOTIFY_OWNER_ARG": owner_arg}
     worker = children.start(
-        [sys.executable, "-m", "celery", "-A", "notify_server.demo", "worker",
+        [sys.executable, "-m", "celery", "-A", "notify_server.demo", "worker", "-E",
          "--loglevel", "WARNING", "--concurrency", "2", "--hostname", "demo@%h"], env=env)
     producer = children.start([sys.executable, "-m", "notify_server.demo", "produce"], env=env)
     return [worker, producer]
@@ -161,6 +164,7 @@ def main(argv=None) -> int:
             settings = dataclasses.replace(settings, redis_url=url)
             print(f"embedded Redis at {url}; start workers with REDIS_URL={url}", flush=True)
         if settings.demo:
+            settings = dataclasses.replace(settings, celery_events=True)
             demo = start_demo(settings.redis_url, settings.prefix, settings.owner_arg)
         asyncio.run(serve(settings, sockets, stopping))
     finally:
