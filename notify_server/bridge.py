@@ -145,11 +145,13 @@ def run_helper(options: BridgeOptions, leading, pipe) -> None:
     # Imported here: the server process never loads kombu's consumer for this.
     from celery import Celery
 
+    from . import children
     from .celery_events import CeleryEventMapper
     from .emitter import Emitter
     from .poller import exit_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    children.terminate_with_parent()  # a server killed with -9 takes its writer along
     logging.basicConfig(level=options.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     threading.Thread(target=exit_with_parent, args=(multiprocessing.parent_process().pid,),
@@ -191,10 +193,20 @@ class _Helper:
         self._table_sent_at = 0.0
         self._table_dirty = True
         self._received = 0
+        self._bugs_logged: set = set()
         self._probe: Optional[str] = None  # the probe's id until it came back
         self._next_probe = 0.0
 
     def on_event(self, event: dict) -> None:
+        try:
+            self._handle(event)
+        except Exception as exc:  # our bug: logged, and the stream goes on
+            if type(exc) not in self._bugs_logged:
+                self._bugs_logged.add(type(exc))
+                log.exception("a Celery event could not be bridged: a bug in notify-server, "
+                              "please report it (logged once per exception type): %.200r", event)
+
+    def _handle(self, event: dict) -> None:
         kind = event.get("type") or ""
         now = time.time()
         if kind == PROBE:

@@ -32,6 +32,8 @@ DEFAULT_HEARTBEAT_INTERVAL = 2.0
 # Offline workers stay in the table (and in `worker_states`) this long.
 OFFLINE_RETENTION = 3600.0
 MAX_WORKERS = 1000
+# Celery cuts its reprs at 1,024 characters; a longer one is not parsed at all.
+MAX_REPR = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +111,7 @@ class CeleryEventMapper:
         return self._out(message, task, task_id)
 
     def _received(self, task_id: str, event: dict) -> _Task:
-        args, kwargs = event.get("args"), event.get("kwargs")
+        args, kwargs = (_bounded(event.get("args")), _bounded(event.get("kwargs")))
         retries = event.get("retries")
         task = _Task(avid=events.subject_of(args, kwargs, self._subject_arg),
                      owner=events.owner_of(kwargs, self._owner_arg),
@@ -208,6 +210,11 @@ def _revoked_text(event: dict) -> str:
     if event.get("terminated"):
         return f"terminated by signal {events.safe_text(event.get('signum'))}"
     return "revoked"
+
+
+def _bounded(value: Any) -> Any:
+    """A repr short enough to parse, else None."""
+    return None if isinstance(value, str) and len(value) > MAX_REPR else value
 
 
 def _number(value: Any) -> Optional[float]:

@@ -16,7 +16,10 @@ from typing import List
 PR_SET_PDEATHSIG = 1
 
 
-def _terminate_with_parent() -> None:
+def terminate_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent dies (for a child that runs Python itself)."""
+    if not sys.platform.startswith("linux"):
+        return
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -26,5 +29,5 @@ def start(argv: List[str], **popen_args) -> subprocess.Popen:
 
     Call it from a thread that lives as long as the server (the main thread):
     Linux sends the signal when the thread that started the child exits."""
-    hook = _terminate_with_parent if sys.platform.startswith("linux") else None
+    hook = terminate_with_parent if sys.platform.startswith("linux") else None
     return subprocess.Popen(argv, start_new_session=True, preexec_fn=hook, **popen_args)

@@ -8,7 +8,9 @@ bytes, the whole batch in one `send`. A broadcast never waits for a client:
 Sessions whose scope sees everything (open mode, admin tokens) share that
 fast path. Scoped sessions are indexed by owner: an event is offered only to
 the sessions of its owner, so it costs work in proportion to the sockets
-that receive it, however many other users are connected.
+that receive it, however many other users are connected. A batch with a
+public event (`Event.public`: a worker came or went, rare) is offered to every
+scoped session, each filtering it itself.
 """
 
 import collections

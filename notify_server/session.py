@@ -22,7 +22,8 @@ class Session:
 
     Its `scope` (`auth.Scope`) bounds everything it sends: an event whose
     owner the scope does not see is never sent, whatever the filter. The hub
-    offers a scoped session only its owners' live events; replays and held
+    offers a scoped session only its owners' live events (and public ones,
+    about workers, which pass every scope and filter); replays and held
     events are checked here.
     """
 
