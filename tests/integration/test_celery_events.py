@@ -24,6 +24,7 @@ from notify_server.emitter import Emitter
 from tests.support.client import WsClient, of_task
 from tests.support.processes import start_server, start_worker
 from tests.support.tasks import submit, unique_avid
+from tests.support.tokens import SECRET, sign
 from tests.support.waiting import eventually
 
 PLAIN_APP = "tests.support.plain_app"
@@ -340,3 +341,35 @@ def test_the_emit_script_writes_a_transition_once_whoever_writes_it(broker):
     assert [json.loads(fields[b"event"])["type"] for _, fields in entries] == [
         "task_started", "task_started", "task_progress"]
     assert (hook.written, hook.duplicates, bridge.written, bridge.duplicates) == (2, 0, 1, 1)
+
+
+async def test_in_token_mode_bridged_task_events_reach_their_owner_and_worker_events_everyone(
+        broker, plain_worker, bridge_server, producer):
+    child, port = start_server(broker.url, "--celery-events", name="bridge-tokens",
+                               env={"NOTIFY_AUTH_SECRET": SECRET})
+    try:
+        alice = await WsClient.connect(port, f"token={sign('alice')}")
+        bob = await WsClient.connect(port, f"token={sign('bob')}")
+        for client in (alice, bob):
+            await client.wait_for(lambda m: m["type"] == "queue_status")
+        bobs = fetch(producer, unique_avid("B"), user_id="bob")
+        alices = fetch(producer, unique_avid("A"), user_id="alice")
+        await alice.wait_for(of_task(alices, "task_completed"))
+        await bob.wait_for(of_task(bobs, "task_completed"))
+
+        # A worker event reaches every client, and marks the end: every event of
+        # both tasks was written before it, so none can still be on its way.
+        name = f"seen-{uuid.uuid4().hex[:6]}@localhost"
+        extra = start_worker(broker.url, name, app=PLAIN_APP, args=["-E"],
+                             env={"PLAIN_BROKER_URL": broker.url})
+        for client in (alice, bob):
+            await client.wait_for(lambda m: m["type"] == "worker_online"
+                                  and m["data"]["worker"] == name)
+        assert {m["data"]["task_id"] for m in alice.received if "task_id" in m["data"]} \
+            == {alices}
+        assert {m["data"]["task_id"] for m in bob.received if "task_id" in m["data"]} == {bobs}
+        extra.stop()
+        for client in (alice, bob):
+            client.close()
+    finally:
+        child.stop()
