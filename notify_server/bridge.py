@@ -43,6 +43,8 @@ RESTART_DELAY = 1.0
 # is the bridge ready (kombu may subscribe after the consumer says it is).
 PROBE = "notify-bridge-probe"
 PROBE_INTERVAL = 0.5
+# At most this many recent events are kept for a takeover (about 50 s at 2,000 a second).
+MAX_RECENT = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +190,7 @@ class _Helper:
         self._emitter, self._leading, self._pipe = emitter, leading, pipe
         self._was_leading = False
         # (when, Outgoing): what a new leader writes again (the old one may not have).
-        self._recent: Deque[tuple] = collections.deque()
+        self._recent: Deque[tuple] = collections.deque(maxlen=MAX_RECENT)
         self._next_enable = 0.0
         self._table_sent_at = 0.0
         self._table_dirty = True

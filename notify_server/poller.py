@@ -154,13 +154,14 @@ class InspectResult:
     queues: FrozenSet[str]                      # every queue name known after this poll
     depths: Dict[str, Optional[int]]            # name -> messages waiting, None: unknown
     depth_error: Optional[str]                  # why the depths are unknown, if the read failed
+    queues_asked: bool                          # every worker asked answered `active_queues`
 
 
 def _inspect(destination: Optional[List[str]], timeout: float,
-             queues: FrozenSet[str]) -> InspectResult:
+             queues: FrozenSet[str], ask_queues: bool = False) -> InspectResult:
     """Runs in the helper process: the three inspect calls, as plain dicts;
-    on a discovery poll (`destination` None) `active_queues` too, whose names
-    join `queues`; then the depth of every queue (`read_depths`).
+    with `ask_queues`, `active_queues` of the `destination` workers too, whose
+    names join `queues`; then the depth of every queue (`read_depths`).
 
     With `limit`, kombu stops after that many reply *messages*, a late reply
     to an earlier call included: a reply slower than `timeout` can cost the
@@ -175,15 +176,20 @@ def _inspect(destination: Optional[List[str]], timeout: float,
     signal.setitimer(signal.ITIMER_REAL, inspect_time_limit(timeout))
     try:
         replies = inspect.active(), inspect.scheduled(), inspect.reserved()
-        if destination is None:
-            queues = remember_queues(queues, queue_names(inspect.active_queues()))
+        asked = False
+        if ask_queues and destination:
+            # Only of known workers, with `limit`: it ends when they answered,
+            # where a discovery poll would wait the whole timeout once more.
+            reply = inspect.active_queues()
+            queues = remember_queues(queues, queue_names(reply))
+            asked = len(reply or {}) >= len(destination)
         try:
             depths, depth_error = read_depths(_inspect_app, queues), None
         except _broker_errors as exc:
             depths, depth_error = dict.fromkeys(queues), f"{type(exc).__name__}: {exc}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    return InspectResult(replies, queues, depths, depth_error)
+    return InspectResult(replies, queues, depths, depth_error, asked)
 
 
 def _started() -> None:
@@ -214,7 +220,8 @@ class QueuePoller:
 
     Every poll also reads how many messages wait in each known queue
     (`read_depths`): the `queues` given, those that `enable` names and those
-    the workers consume (`active_queues`, asked on discovery polls). A name
+    the workers consume (`active_queues`, asked of the known workers in the
+    first poll after each discovery, where it costs no extra timeout). A name
     once known stays for the life of the process, up to
     `queue_status.MAX_QUEUES` names. `broker_transport_options` are the
     workers' Celery `broker_transport_options` (see `make_inspect_app`).
@@ -230,6 +237,8 @@ class QueuePoller:
         self._broker_url, self._broker_master = broker_url, broker_master
         self._transport_options = dict(broker_transport_options or {})
         self._queues = remember_queues(frozenset(), queues)
+        # Ask the known workers for `active_queues` in the next poll that names them.
+        self._queues_due = True
         self._depth_error: Optional[str] = None
         self._state, self._on_result, self._on_poll = state, on_result, on_poll
         self._interval, self._timeout = interval, timeout
@@ -269,6 +278,7 @@ class QueuePoller:
         self.enabled = True
         self._known, self._partial = frozenset(workers), frozenset()
         self._queues = remember_queues(self._queues, queues)
+        self._queues_due = True
         self._last_discovery = asyncio.get_running_loop().time() if workers else float("-inf")
         self.poll_soon()
 
@@ -334,7 +344,8 @@ class QueuePoller:
         started = time.monotonic()
         try:
             result = await loop.run_in_executor(self._executor, _inspect, destination,
-                                                self._timeout, self._queues)
+                                                self._timeout, self._queues,
+                                                self._queues_due and destination is not None)
         except BrokenProcessPool:
             self._executor = self._new_executor()
             self._failed("the inspect process died; restarted it", started)
@@ -347,6 +358,8 @@ class QueuePoller:
             return
         self.broker_reachable = True
         self._queues = remember_queues(self._queues, result.queues)
+        if result.queues_asked:
+            self._queues_due = False
         self._note_depths(result.depth_error)
         try:
             verdict = judge(result.replies, self._partial)
@@ -364,6 +377,7 @@ class QueuePoller:
             return
         if discovering:
             self._last_discovery = loop.time()
+            self._queues_due = True  # the workers it found: which queues they consume
         self._on_poll(time.monotonic() - started, None)
         if verdict.poll_again:
             log.debug("worker(s) %s answered only part of the inspect poll; polling again",

@@ -305,3 +305,21 @@ def test_strip_shows_queue_depths_and_worker_heartbeats_from_queue_status_and_ke
         re.compile(r"^offline \(shutdown\), last heartbeat \d s ago$"))
     expect(beta.locator(".beat")).to_have_text(re.compile(r"^online, last heartbeat \d s ago$"))
     expect(page.locator("#workers li")).to_have_count(2)
+
+
+def test_with_the_real_bridge_the_strip_shows_the_workers_heartbeats_and_the_queue_depth(
+        page, redis_server, worker):
+    """End to end: the server reads the session worker's own heartbeats (Celery
+    sends them without -E too) and the broker's queue length. Its own prefix
+    keeps what it writes away from the other tests' servers."""
+    prefix = f"strip-{uuid.uuid4().hex[:6]}"
+    server, port = start_server(redis_server.url, "--prefix", prefix, "--celery-events",
+                                name="dashboard-real-bridge")
+    try:
+        open_dashboard(page, port)
+        expect(session_worker_chip(page).locator(".beat")).to_have_text(
+            re.compile(r"^online, last heartbeat \d+ s ago$"))
+        expect(page.locator('#queues li[data-queue="celery"]')).to_have_text(
+            re.compile(r"^celery \d+ waiting$"))
+    finally:
+        assert server.stop() == 0

@@ -87,7 +87,7 @@ def test_a_depth_read_the_broker_fails_leaves_the_poll_with_null_depths(monkeypa
     monkeypatch.setattr(poller, "_broker_errors", poller.broker_errors(dead_broker.conf.broker_url))
     previous = signal.signal(signal.SIGALRM, poller._overran)
     try:
-        result = poller._inspect(None, 1.0, frozenset({"celery"}))
+        result = poller._inspect(["celery@a"], 1.0, frozenset({"celery"}), ask_queues=True)
     finally:
         signal.signal(signal.SIGALRM, previous)
 
@@ -98,7 +98,10 @@ def test_a_depth_read_the_broker_fails_leaves_the_poll_with_null_depths(monkeypa
         {"name": "celery", "waiting": None}, {"name": "video", "waiting": None}]
 
 
-def test_a_poll_that_names_its_workers_does_not_ask_for_their_queues(monkeypatch):
+def test_queues_are_asked_only_of_named_workers_when_due_never_in_a_discovery(monkeypatch):
+    """A discovery poll waits the whole timeout for each call: a fourth call
+    there would keep the lists a timeout older (a short task could start and
+    end unseen). The known workers answer at once, so they are asked."""
     asked = []
 
     class Inspect(AnsweringInspect):
@@ -118,12 +121,15 @@ def test_a_poll_that_names_its_workers_does_not_ask_for_their_queues(monkeypatch
     previous = signal.signal(signal.SIGALRM, poller._overran)
     try:
         named = poller._inspect(["celery@a"], 1.0, frozenset({"celery"}))
-        discovering = poller._inspect(None, 1.0, frozenset({"celery"}))
+        discovering = poller._inspect(None, 1.0, frozenset({"celery"}), ask_queues=True)
+        due = poller._inspect(["celery@a"], 1.0, frozenset({"celery"}), ask_queues=True)
     finally:
         signal.signal(signal.SIGALRM, previous)
 
-    assert named.queues == {"celery"} and named.depths == {"celery": None}
-    assert discovering.queues == {"celery", "video"} and asked == ["active_queues"]
+    assert named.queues == discovering.queues == {"celery"}
+    assert not named.queues_asked and not discovering.queues_asked
+    assert named.depths == {"celery": None}
+    assert due.queues == {"celery", "video"} and due.queues_asked and asked == ["active_queues"]
 
 
 def test_the_poll_time_limit_covers_four_full_calls():
