@@ -160,8 +160,9 @@ class InspectResult:
 def _inspect(destination: Optional[List[str]], timeout: float,
              queues: FrozenSet[str], ask_queues: bool = False) -> InspectResult:
     """Runs in the helper process: the three inspect calls, as plain dicts;
-    with `ask_queues`, `active_queues` of the `destination` workers too, whose
-    names join `queues`; then the depth of every queue (`read_depths`).
+    with `ask_queues`, `active_queues` of the `destination` workers too when
+    they all answered the three, whose names join `queues`; then the depth of
+    every queue (`read_depths`).
 
     With `limit`, kombu stops after that many reply *messages*, a late reply
     to an earlier call included: a reply slower than `timeout` can cost the
@@ -177,9 +178,11 @@ def _inspect(destination: Optional[List[str]], timeout: float,
     try:
         replies = inspect.active(), inspect.scheduled(), inspect.reserved()
         asked = False
-        if ask_queues and destination:
-            # Only of known workers, with `limit`: it ends when they answered,
-            # where a discovery poll would wait the whole timeout once more.
+        if ask_queues and destination and all(len(reply or {}) >= len(destination)
+                                              for reply in replies):
+            # Only of known workers that all just answered, with `limit`: it
+            # ends as soon as they answer, where a discovery poll (or a worker
+            # gone silent) would make the poll wait a whole timeout more.
             reply = inspect.active_queues()
             queues = remember_queues(queues, queue_names(reply))
             asked = len(reply or {}) >= len(destination)

@@ -134,3 +134,31 @@ def test_queues_are_asked_only_of_named_workers_when_due_never_in_a_discovery(mo
 
 def test_the_poll_time_limit_covers_four_full_calls():
     assert poller.inspect_time_limit(1.0) > 4 * 1.0
+
+
+def test_queues_are_not_asked_when_a_named_worker_did_not_answer(monkeypatch):
+    """A silent worker would make the fourth call wait a whole timeout too."""
+    asked = []
+
+    class Inspect(AnsweringInspect):
+        def active_queues(self):
+            asked.append("active_queues")
+            return super().active_queues()
+
+    class App:
+        class control:
+            @staticmethod
+            def inspect(**_):
+                return Inspect()
+
+        connection_or_acquire = poller.make_inspect_app("memory://").connection_or_acquire
+
+    monkeypatch.setattr(poller, "_inspect_app", App)
+    previous = signal.signal(signal.SIGALRM, poller._overran)
+    try:
+        result = poller._inspect(["celery@a", "celery@gone"], 1.0, frozenset({"celery"}),
+                                 ask_queues=True)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+    assert asked == [] and not result.queues_asked and result.queues == {"celery"}
