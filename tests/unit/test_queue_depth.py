@@ -5,6 +5,8 @@ tests/integration/test_queue_depth.py)."""
 
 import signal
 
+import pytest
+
 from notify_server import poller
 from notify_server.queue_status import (for_scope, normalise, queue_names,
                                         remember_queues)
@@ -98,10 +100,11 @@ def test_a_depth_read_the_broker_fails_leaves_the_poll_with_null_depths(monkeypa
         {"name": "celery", "waiting": None}, {"name": "video", "waiting": None}]
 
 
-def test_queues_are_asked_only_of_named_workers_when_due_never_in_a_discovery(monkeypatch):
-    """A discovery poll waits the whole timeout for each call: a fourth call
-    there would keep the lists a timeout older (a short task could start and
-    end unseen). The known workers answer at once, so they are asked."""
+@pytest.fixture
+def inspecting(monkeypatch):
+    """`_inspect` as the helper process runs it, against workers that answer
+    as `AnsweringInspect`; returns (run, asked): `run(*args, **kwargs)` calls
+    `_inspect`, `asked` lists each `active_queues` call."""
     asked = []
 
     class Inspect(AnsweringInspect):
@@ -118,13 +121,24 @@ def test_queues_are_asked_only_of_named_workers_when_due_never_in_a_discovery(mo
         connection_or_acquire = poller.make_inspect_app("memory://").connection_or_acquire
 
     monkeypatch.setattr(poller, "_inspect_app", App)
-    previous = signal.signal(signal.SIGALRM, poller._overran)
-    try:
-        named = poller._inspect(["celery@a"], 1.0, frozenset({"celery"}))
-        discovering = poller._inspect(None, 1.0, frozenset({"celery"}), ask_queues=True)
-        due = poller._inspect(["celery@a"], 1.0, frozenset({"celery"}), ask_queues=True)
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+
+    def run(*args, **kwargs):
+        previous = signal.signal(signal.SIGALRM, poller._overran)
+        try:
+            return poller._inspect(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+    return run, asked
+
+
+def test_queues_are_asked_only_of_named_workers_when_due_never_in_a_discovery(inspecting):
+    """A discovery poll waits the whole timeout for each call: a fourth call
+    there would keep the lists a timeout older (a short task could start and
+    end unseen). The known workers answer at once, so they are asked."""
+    run, asked = inspecting
+    named = run(["celery@a"], 1.0, frozenset({"celery"}))
+    discovering = run(None, 1.0, frozenset({"celery"}), ask_queues=True)
+    due = run(["celery@a"], 1.0, frozenset({"celery"}), ask_queues=True)
 
     assert named.queues == discovering.queues == {"celery"}
     assert not named.queues_asked and not discovering.queues_asked
@@ -132,33 +146,13 @@ def test_queues_are_asked_only_of_named_workers_when_due_never_in_a_discovery(mo
     assert due.queues == {"celery", "video"} and due.queues_asked and asked == ["active_queues"]
 
 
-def test_the_poll_time_limit_covers_four_full_calls():
-    assert poller.inspect_time_limit(1.0) > 4 * 1.0
-
-
-def test_queues_are_not_asked_when_a_named_worker_did_not_answer(monkeypatch):
+def test_queues_are_not_asked_when_a_named_worker_did_not_answer(inspecting):
     """A silent worker would make the fourth call wait a whole timeout too."""
-    asked = []
-
-    class Inspect(AnsweringInspect):
-        def active_queues(self):
-            asked.append("active_queues")
-            return super().active_queues()
-
-    class App:
-        class control:
-            @staticmethod
-            def inspect(**_):
-                return Inspect()
-
-        connection_or_acquire = poller.make_inspect_app("memory://").connection_or_acquire
-
-    monkeypatch.setattr(poller, "_inspect_app", App)
-    previous = signal.signal(signal.SIGALRM, poller._overran)
-    try:
-        result = poller._inspect(["celery@a", "celery@gone"], 1.0, frozenset({"celery"}),
-                                 ask_queues=True)
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+    run, asked = inspecting
+    result = run(["celery@a", "celery@gone"], 1.0, frozenset({"celery"}), ask_queues=True)
 
     assert asked == [] and not result.queues_asked and result.queues == {"celery"}
+
+
+def test_the_poll_time_limit_covers_four_full_calls():
+    assert poller.inspect_time_limit(1.0) > 4 * 1.0
