@@ -9,6 +9,7 @@ import asyncio
 import collections
 import json
 import signal
+import time
 import uuid
 from typing import Optional
 
@@ -22,7 +23,7 @@ from notify_server import events
 from notify_server.embedded_redis import EmbeddedRedis
 from notify_server.emitter import Emitter
 from tests.support.client import WsClient, of_task
-from tests.support.processes import start_server, start_worker
+from tests.support.processes import ARTIFACTS, start_server, start_worker
 from tests.support.tasks import submit, unique_avid
 from tests.support.tokens import SECRET, sign
 from tests.support.waiting import eventually
@@ -143,11 +144,18 @@ async def test_workers_online_and_offline_follow_start_shutdown_and_kill(broker,
     doomed = start_worker(broker.url, doomed_name, app=PLAIN_APP, args=["-E"], env=env)
     await client.wait_for(lambda m: m["type"] == "worker_online"
                           and m["data"]["worker"] == doomed_name)
+    killed_at = time.monotonic()
     doomed.signal(signal.SIGKILL)  # no goodbye: only its heartbeats stop
     # Celery's expiry: two heartbeat intervals (2 s each) after the last one arrived.
     offline = await client.wait_for(lambda m: m["type"] == "worker_offline"
                                     and m["data"]["worker"] == doomed_name, timeout=15)
     assert offline["data"]["reason"] == "heartbeats stopped"
+    figure = (f"worker_offline {time.monotonic() - killed_at:.1f} s after kill -9 of the "
+              "worker (heartbeat interval 2 s, expiry 2 intervals)\n")
+    print(figure, end="")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open(ARTIFACTS / "bridge-worker-offline.txt", "a") as figures:
+        figures.write(figure)
     doomed.stop()
     client.close()
 
