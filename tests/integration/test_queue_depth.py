@@ -143,6 +143,11 @@ async def test_waiting_is_counted_while_no_worker_at_all_is_there(make_redis):
     status = await client.wait_for(waiting_in(queue, 3))
     assert status["data"]["stale"] is True
     assert status["data"]["workers"] == [] and status["data"]["active_tasks"] == []
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/api/tasks/queue/status")
+    body = json.loads(response.body)
+    assert response.code == 200 and body["message"].startswith("stale: ")
+    assert body["data"]["updated_at"] is None
+    assert {"name": queue, "waiting": 3} in body["data"]["queues"]
     client.close()
     producer.close()
     server.stop()
