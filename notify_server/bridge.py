@@ -43,6 +43,8 @@ RESTART_DELAY = 1.0
 # is the bridge ready (kombu may subscribe after the consumer says it is).
 PROBE = "notify-bridge-probe"
 PROBE_INTERVAL = 0.5
+# Seconds between two looks for workers whose heartbeats stopped.
+EXPIRY_CHECK_INTERVAL = 0.5
 # At most this many recent events are kept for a takeover (about 50 s at 2,000 a second).
 MAX_RECENT = 100_000
 
@@ -198,6 +200,7 @@ class _Helper:
         self._bugs_logged: set = set()
         self._probe: Optional[str] = None  # the probe's id until it came back
         self._next_probe = 0.0
+        self._next_expiry = 0.0
 
     def on_event(self, event: dict) -> None:
         try:
@@ -251,10 +254,12 @@ class _Helper:
             for _, outgoing in self._recent:
                 self._write(outgoing)
         self._was_leading = leading
-        gone = self._mapper.expire(now)
-        if gone:
-            self._send(gone, now)
-            self._send_table(now)
+        if now >= self._next_expiry:  # not per event: the table may hold many workers
+            self._next_expiry = now + EXPIRY_CHECK_INTERVAL
+            gone = self._mapper.expire(now)
+            if gone:
+                self._send(gone, now)
+                self._send_table(now)
         horizon = now - self._options.replay_window
         while self._recent and self._recent[0][0] < horizon:
             self._recent.popleft()
