@@ -2,7 +2,7 @@
 
 With no REDIS_URL, a private redis-server is started (and stopped on exit)
 and used for events and as the Celery broker. `--demo` also starts a Celery
-worker on `notify_server.demo` and a producer of demo tasks.
+worker on `notify_server.dev.demo` and a producer of demo tasks.
 
 Exit codes: 0 after a clean shutdown; 2 for a setting that is not allowed or
 an address it cannot listen on (one line on stderr, no traceback).
@@ -27,7 +27,7 @@ from tornado.netutil import bind_sockets
 import settings as settings_module
 from handlers import make_application
 from notify_server import children
-from notify_server.embedded_redis import EmbeddedRedis
+from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.server import NotifyServer
 
 log = logging.getLogger("notify_server")
@@ -113,9 +113,9 @@ def start_demo(redis_url: str, prefix: str, owner_arg: str) -> list:
     env = {**os.environ, "REDIS_URL": redis_url or "", "NOTIFY_PREFIX": prefix,
            "NOTIFY_OWNER_ARG": owner_arg}
     worker = children.start(
-        [sys.executable, "-m", "celery", "-A", "notify_server.demo", "worker", "-E",
+        [sys.executable, "-m", "celery", "-A", "notify_server.dev.demo", "worker", "-E",
          "--loglevel", "WARNING", "--concurrency", "2", "--hostname", "demo@%h"], env=env)
-    producer = children.start([sys.executable, "-m", "notify_server.demo", "produce"], env=env)
+    producer = children.start([sys.executable, "-m", "notify_server.dev.demo", "produce"], env=env)
     return [worker, producer]
 
 

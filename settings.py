@@ -13,9 +13,10 @@ import math
 import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from notify_server.auth import MIN_SECRET_LENGTH
-from notify_server.redis_clients import RedisLocation, sentinel_broker_url
-from notify_server.server import ServerConfig
+from notify_server.access.auth import MIN_SECRET_LENGTH
+from notify_server.redis_io.clients import RedisLocation, sentinel_broker_url
+from notify_server.config import (AccessConfig, CeleryConfig, RedisConfig, ServerConfig,
+                                  SocketConfig)
 
 # More clock leeway than this would keep an expired token working for long.
 MAX_LEEWAY = 30.0
@@ -343,25 +344,28 @@ class Settings:
         """What the core needs; `redis_url` must be set (run.py fills it in).
         `instance` names this process (host:port:pid) to the others."""
         return ServerConfig(
-            redis_url=self.redis_url, redis_sentinels=self.redis_sentinels,
-            redis_master=self.redis_master if self.redis_sentinels else None,
-            broker_url=self.effective_broker_url,
-            events_channel=self.events_channel, history_stream=self.history_stream,
-            subject_arg=self.subject_arg, poll_interval=self.poll_interval,
-            inspect_timeout=self.inspect_timeout, discovery_interval=self.discovery_interval,
-            refresh_delay=self.refresh_delay, max_client_buffer=self.max_client_buffer,
-            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-            owner_arg=self.owner_arg, auth_secrets=self.auth_secret,
-            auth_leeway=self.auth_leeway, max_connections=self.max_connections,
-            max_connections_per_ip=self.max_connections_per_ip, action_rate=self.action_rate,
-            action_burst=self.action_burst, max_subscribe=self.max_subscribe,
-            queue_channel=self.queue_channel, queue_key=self.queue_key,
-            leader_key=self.leader_key, leader_ttl=self.leader_ttl, instance=instance,
-            queues=self.queues, broker_transport_options=self.broker_transport_options,
-            prefix=self.prefix, history_maxlen=self.history_maxlen,
-            # Enabling events only makes sense to read them: it turns the bridge on.
-            celery_events=self.celery_events or self.enable_events,
-            enable_events=self.enable_events)
+            redis=RedisConfig(url=self.redis_url, sentinels=self.redis_sentinels,
+                              master=self.redis_master if self.redis_sentinels else None,
+                              prefix=self.prefix, history_maxlen=self.history_maxlen),
+            celery=CeleryConfig(
+                broker_url=self.effective_broker_url,
+                broker_transport_options=self.broker_transport_options, queues=self.queues,
+                subject_arg=self.subject_arg, owner_arg=self.owner_arg,
+                poll_interval=self.poll_interval, inspect_timeout=self.inspect_timeout,
+                discovery_interval=self.discovery_interval, refresh_delay=self.refresh_delay,
+                # Enabling events only makes sense to read them: it turns the bridge on.
+                events=self.celery_events or self.enable_events,
+                enable_events=self.enable_events),
+            sockets=SocketConfig(max_client_buffer=self.max_client_buffer,
+                                 ping_interval=self.ping_interval,
+                                 ping_timeout=self.ping_timeout),
+            access=AccessConfig(
+                auth_secrets=self.auth_secret, auth_leeway=self.auth_leeway,
+                max_connections=self.max_connections,
+                max_connections_per_ip=self.max_connections_per_ip,
+                action_rate=self.action_rate, action_burst=self.action_burst,
+                max_subscribe=self.max_subscribe),
+            leader_ttl=self.leader_ttl, instance=instance)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ from bench.procs import Child, RpcChild
 from bench.stats import (RateSearch, histogram_delta, histogram_quantile,
                          parse_prometheus_histogram)
 from bench.systems import ROOT, SYSTEMS
-from notify_server.embedded_redis import EmbeddedRedis, find_redis_server
+from notify_server.dev.embedded_redis import EmbeddedRedis, find_redis_server
 
 BENCH = ROOT / "bench"
 LAG_METRIC = "notify_event_loop_lag_seconds"
@@ -315,19 +315,19 @@ class Bench:
             metrics_url = url.replace("ws://", "http://").replace("/ws/tasks/", "/metrics")
             result = {"connections": size, "rate": STEADY_RATE, "seconds": self.mode["lag_s"],
                       "poll_interval_s": 2.0,
-                      "celery_worker": "celery -A notify_server.demo worker --concurrency 2, with "
-                                       "`python -m notify_server.demo produce` submitting tasks"}
+                      "celery_worker": "celery -A notify_server.dev.demo worker --concurrency 2, with "
+                                       "`python -m notify_server.dev.demo produce` submitting tasks"}
             result["without_worker"] = self.lag_window(server, publisher, size, metrics_url)
             log(f"   no worker: {lag_brief(result['without_worker'])}")
             env = {"REDIS_URL": self.redis.url}
             worker = Child("lag-celery-worker",
-                           [sys.executable, "-m", "celery", "-A", "notify_server.demo", "worker",
+                           [sys.executable, "-m", "celery", "-A", "notify_server.dev.demo", "worker",
                             "--loglevel", "INFO", "--concurrency", "2", "--hostname", "bench@%h",
                             "--without-gossip", "--without-mingle"],
                            log_dir=self.log_dir, cwd=ROOT, env=env, cpus=self.helper_cpus)
             helpers.append(worker)
             wait_for_log(worker, "ready.", 60)
-            helpers.append(Child("lag-demo-producer", [sys.executable, "-m", "notify_server.demo",
+            helpers.append(Child("lag-demo-producer", [sys.executable, "-m", "notify_server.dev.demo",
                                                        "produce"],
                                  log_dir=self.log_dir, cwd=ROOT, env=env, cpus=self.helper_cpus))
             time.sleep(3.0)  # the poller finds the worker; tasks start

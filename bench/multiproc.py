@@ -71,7 +71,7 @@ import redis
 from bench import procs
 from bench.procs import Child, RpcChild, free_port, wait_for_port
 from bench.systems import ROOT, SYSTEMS
-from notify_server.embedded_redis import EmbeddedRedis
+from notify_server.dev.embedded_redis import EmbeddedRedis
 from tests.support.nginx import NGINX, SITE, site_config
 
 BENCH = ROOT / "bench"

@@ -4,7 +4,7 @@ worker-side path. Driven by JSON lines on stdin/stdout, like the load client.
     python -m bench.publisher lua REDIS_URL          # notify-server, Tornado baseline
     python -m bench.publisher group_send              # the Channels peer (its settings)
 
-`lua` runs the emitter's own Lua script (`notify_server.emitter.EMIT_SCRIPT`,
+`lua` runs the emitter's own Lua script (`notify_server.worker.emitter.EMIT_SCRIPT`,
 XADD to the capped history then PUBLISH with the new id, docs/protocol.md, section 6)
 through a pipelined redis.asyncio client: the synchronous `Emitter` makes one
 round trip per event and cannot pace a saturation run. The Redis commands and
@@ -50,7 +50,7 @@ class LuaPath:
     def __init__(self, redis_url: str, prefix: str = "notify", maxlen: int = 10000):
         from redis.asyncio import Redis
 
-        from notify_server.emitter import EMIT_SCRIPT
+        from notify_server.worker.emitter import EMIT_SCRIPT
         self.redis = Redis.from_url(redis_url, socket_timeout=None)
         self.script = self.redis.register_script(EMIT_SCRIPT)
         self.keys = [f"{prefix}:events:history", f"{prefix}:events"]

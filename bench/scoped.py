@@ -60,7 +60,7 @@ from bench import procs
 from bench.procs import RpcChild
 from bench.stats import summary_ms
 from bench.systems import ROOT, SYSTEMS
-from notify_server.embedded_redis import EmbeddedRedis
+from notify_server.dev.embedded_redis import EmbeddedRedis
 
 BENCH = ROOT / "bench"
 HOT_OWNER = "hot"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import tornado.web
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "notify_server" / "static"
-PAGE = STATIC_DIR.parent / "dashboard.html"
+DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "notify_server" / "dashboard"
+STATIC_DIR = DASHBOARD_DIR / "static"
+PAGE = DASHBOARD_DIR / "index.html"
 
 # Scripts, styles and the socket come from this server only: no CDN, no inline script.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; "

@@ -2,7 +2,7 @@
 
 import tornado.web
 
-from notify_server import messages
+from notify_server.protocol import messages
 
 
 class LivenessHandler(tornado.web.RequestHandler):

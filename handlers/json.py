@@ -5,7 +5,7 @@ import tornado.web
 from tornado.httputil import responses
 from tornado.log import app_log, gen_log
 
-from notify_server import messages
+from notify_server.protocol import messages
 
 from .origin import origin_allowed
 

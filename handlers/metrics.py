@@ -5,7 +5,7 @@ import hmac
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from notify_server.auth import bearer_token
+from notify_server.access.auth import bearer_token
 
 
 class MetricsHandler(tornado.web.RequestHandler):

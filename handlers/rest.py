@@ -1,6 +1,6 @@
 """REST: `GET /api/tasks/queue/status`."""
 
-from notify_server.auth import AuthError, bearer_token
+from notify_server.access.auth import AuthError, bearer_token
 
 from .json import JsonHandler
 

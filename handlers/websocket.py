@@ -7,10 +7,10 @@ import time
 import tornado.web
 import tornado.websocket
 
-from notify_server import messages
-from notify_server.auth import AuthError, bearer_token
-from notify_server.connection import OPEN
-from notify_server.messages import ProtocolError
+from notify_server.protocol import messages
+from notify_server.access.auth import AuthError, bearer_token
+from notify_server.edge.connection import OPEN
+from notify_server.protocol.messages import ProtocolError
 
 from .json import log_exception, write_envelope
 from .origin import origin_allowed
@@ -113,7 +113,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
 
     def _handle(self, frame) -> None:
         try:
-            self._act(messages.parse_action(frame, self.server.config.max_subscribe))
+            self._act(messages.parse_action(frame, self.server.config.access.max_subscribe))
         except ProtocolError as exc:
             self._reply(messages.ERROR, messages.frame(exc.reply()))
 

@@ -21,22 +21,23 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from tornado.iostream import IOStream
 
-from . import messages
-from .auth import EVERYONE, AuthError, Authenticator, Scope
-from .bridge import BridgeOptions, CeleryEventBridge
-from .connection import OPEN, Connection
-from .heartbeat import Heartbeat
-from .history import History
-from .hub import Hub
-from .lease import Lease
-from .limits import ActionBucket, ConnectionCounter
-from .messages import Event, ProtocolError
-from .metrics import Metrics
-from .poller import QueuePoller
-from .queue_status import QueueState, for_scope, owners_of_tasks, with_workers, workers_moved
-from .redis_clients import RedisLocation
-from .relay import Relay
-from .session import Session
+from notify_server.protocol import messages
+from notify_server.access.auth import EVERYONE, AuthError, Authenticator, Scope
+from notify_server.celery_io.bridge import BridgeOptions, CeleryEventBridge
+from notify_server.edge.connection import OPEN, Connection
+from notify_server.edge.heartbeat import Heartbeat
+from notify_server.redis_io.history import History
+from notify_server.delivery.hub import Hub
+from notify_server.redis_io.lease import Lease
+from notify_server.access.limits import ActionBucket, ConnectionCounter
+from notify_server.protocol.messages import Event, ProtocolError
+from notify_server.metrics import Metrics
+from notify_server.celery_io.poller import QueuePoller
+from notify_server.queue.status import QueueState, for_scope, owners_of_tasks, with_workers, workers_moved
+from notify_server.config import ServerConfig
+from notify_server.redis_io.clients import RedisLocation
+from notify_server.redis_io.relay import Relay
+from notify_server.delivery.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -47,45 +48,6 @@ LIFECYCLE = frozenset((messages.TASK_STARTED, messages.TASK_COMPLETED, messages.
 
 EMPTY_QUEUE = {"active_tasks": [], "scheduled_tasks": [], "reserved_tasks": [],
                "workers": [], "queues": [], "updated_at": None, "stale": True}
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
-    """What the core needs to know, handed down by the entry point."""
-
-    redis_url: Optional[str]        # with sentinels: only the database and credentials
-    redis_sentinels: Tuple[Tuple[str, int], ...]  # (host, port) of each Redis Sentinel, or ()
-    redis_master: Optional[str]     # the master the sentinels watch
-    broker_url: str
-    events_channel: str
-    history_stream: str
-    subject_arg: str
-    poll_interval: float
-    inspect_timeout: float
-    discovery_interval: float
-    refresh_delay: float
-    max_client_buffer: int
-    ping_interval: float
-    ping_timeout: float
-    owner_arg: str
-    auth_secrets: Tuple[str, ...]   # empty: open mode, every client sees everything
-    auth_leeway: float
-    max_connections: int            # 0: no limit
-    max_connections_per_ip: int     # 0: no limit
-    action_rate: float              # actions per second per socket
-    action_burst: int
-    max_subscribe: int
-    queue_channel: str              # where the leader announces each snapshot
-    queue_key: str                  # the latest snapshot
-    leader_key: str                 # the poller lease
-    leader_ttl: float
-    instance: str                   # this process, as the lease and /readyz name it
-    queues: Tuple[str, ...]         # queues whose depth is always listed (workers' are added)
-    broker_transport_options: Dict[str, object]  # the workers' Celery broker_transport_options
-    prefix: str = "notify"          # of the Redis keys (the bridge writes as workers do)
-    history_maxlen: int = 10000     # the history's length, when the bridge writes to it
-    celery_events: bool = False     # bridge Celery's own event stream (`bridge`)
-    enable_events: bool = False     # and tell workers to send task events
 
 
 # The leader's poll result: stored and announced in one step, and only while
@@ -115,52 +77,52 @@ class NotifyServer:
         self.queue = QueueState()
         # Every socket not yet CLOSED (open or closing): what shutdown waits for.
         self._connections: Set[Connection] = set()
-        self._counter = ConnectionCounter(config.max_connections, config.max_connections_per_ip)
-        self._authenticator = (Authenticator(config.auth_secrets, config.auth_leeway)
-                               if config.auth_secrets else None)
+        self._counter = ConnectionCounter(config.access.max_connections, config.access.max_connections_per_ip)
+        self._authenticator = (Authenticator(config.access.auth_secrets, config.access.auth_leeway)
+                               if config.access.auth_secrets else None)
         # When each token-mode socket's token runs out (cancelled when it closes).
         self._expiry: Dict[Connection, asyncio.TimerHandle] = {}
         self.metrics = Metrics(open_connections=lambda: len(self._connections))
         self.hub = Hub(on_sent=lambda kind, count: self.metrics.sent_of(kind).inc(count))
-        self.heartbeat = Heartbeat(config.ping_interval, config.ping_timeout)
-        self.location = RedisLocation(config.redis_url, config.redis_sentinels,
-                                      config.redis_master)
+        self.heartbeat = Heartbeat(config.sockets.ping_interval, config.sockets.ping_timeout)
+        self.location = RedisLocation(config.redis.url, config.redis.sentinels,
+                                      config.redis.master)
         self.redis = self.location.client(socket_timeout=5.0, socket_connect_timeout=2.0,
                                           retry=Retry(NoBackoff(), 1))
-        self.history = History(self.redis, config.history_stream)
-        self.relay = Relay(self.location.client, config.events_channel, config.history_stream,
+        self.history = History(self.redis, config.redis.keys.history_stream)
+        self.relay = Relay(self.location.client, config.redis.keys.events_channel, config.redis.keys.history_stream,
                            on_events=self._on_events, on_resync=self._on_resync,
                            on_connected=self._on_redis_state,
                            on_invalid=self.metrics.dropped.labels("invalid").inc,
-                           snapshot_channel=config.queue_channel, snapshot_key=config.queue_key,
+                           snapshot_channel=config.redis.keys.queue_channel, snapshot_key=config.redis.keys.queue_key,
                            on_snapshot=self._on_shared_snapshot)
         # The poller keeps its own state: what it found, before the round trip through Redis.
         self.poller = QueuePoller(
-            config.broker_url, QueueState(), self._on_poll_result,
-            broker_master=(config.redis_master if config.broker_url.startswith("sentinel://")
+            config.celery.broker_url, QueueState(), self._on_poll_result,
+            broker_master=(config.redis.master if config.celery.broker_url.startswith("sentinel://")
                            else None),
-            interval=config.poll_interval, timeout=config.inspect_timeout,
-            discovery_interval=config.discovery_interval,
-            refresh_delay=config.refresh_delay, subject_arg=config.subject_arg,
-            owner_arg=config.owner_arg, queues=config.queues,
-            broker_transport_options=config.broker_transport_options, on_poll=self.metrics.poll)
+            interval=config.celery.poll_interval, timeout=config.celery.inspect_timeout,
+            discovery_interval=config.celery.discovery_interval,
+            refresh_delay=config.celery.refresh_delay, subject_arg=config.celery.subject_arg,
+            owner_arg=config.celery.owner_arg, queues=config.celery.queues,
+            broker_transport_options=config.celery.broker_transport_options, on_poll=self.metrics.poll)
         # The lease gets its own client: a renewal must fail fast, well within the lease.
         self._lease_redis = self.location.client(
             socket_timeout=config.leader_ttl / 3,
             socket_connect_timeout=config.leader_ttl / 3, retry=Retry(NoBackoff(), 0))
-        self.lease = Lease(self._lease_redis, config.leader_key, config.instance,
+        self.lease = Lease(self._lease_redis, config.redis.keys.leader_key, config.instance,
                            config.leader_ttl, on_change=self._on_leadership)
         self._publish_snapshot = self._lease_redis.register_script(SNAPSHOT_SCRIPT)
         # The bridge's worker table (None while it is off or has not reported).
         self._worker_table: Optional[List[dict]] = None
         self.bridge = (CeleryEventBridge(self._bridge_options(), self._on_worker_table)
-                       if config.celery_events else None)
+                       if config.celery.events else None)
         self._latest_result: Optional[bytes] = None   # waiting to be written
         self._writer: Optional[asyncio.Task] = None
         self._snapshot_seen = time.monotonic()        # when the relay last brought one
         self._shared_broker = False                   # the leader reached the broker
         self._last_holder: Optional[str] = None
-        self._snapshot_patience = SNAPSHOT_PATIENCE * config.poll_interval + config.leader_ttl
+        self._snapshot_patience = SNAPSHOT_PATIENCE * config.celery.poll_interval + config.leader_ttl
         self._tasks: List[asyncio.Task] = []
         self._all_closed: Optional[asyncio.Event] = None  # set by `_closed` while stopping
         self._resumes: Set[asyncio.Task] = set()  # running replays (a Task needs a reference)
@@ -273,7 +235,7 @@ class NotifyServer:
 
     def action_bucket(self) -> ActionBucket:
         """A fresh rate limit for one socket's actions."""
-        return ActionBucket(self.config.action_rate, self.config.action_burst, time.monotonic())
+        return ActionBucket(self.config.access.action_rate, self.config.access.action_burst, time.monotonic())
 
     def refresh(self, connection: Connection, session: Session, token: str) -> bytes:
         """Take a newer token for an open socket: the same `sub`, a later
@@ -319,7 +281,7 @@ class NotifyServer:
             self.hub.discard(session)
             self.heartbeat.discard(connection)
 
-        connection = Connection(stream, limit=self.config.max_client_buffer, peer=peer,
+        connection = Connection(stream, limit=self.config.sockets.max_client_buffer, peer=peer,
                                 close_socket=close_socket, on_leave=leave,
                                 on_closed=lambda: self._closed(connection),
                                 on_slow=self._slow_client_closed)
@@ -520,8 +482,8 @@ class NotifyServer:
             payload, self._latest_result = self._latest_result, None
             try:
                 await self._publish_snapshot(
-                    keys=[self.config.queue_key, self.config.queue_channel,
-                          self.config.leader_key],
+                    keys=[self.config.redis.keys.queue_key, self.config.redis.keys.queue_channel,
+                          self.config.redis.keys.leader_key],
                     args=[payload, self.config.instance])
             except (RedisError, OSError) as exc:
                 log.warning("could not share the queue snapshot (%s)", exc)
@@ -550,7 +512,7 @@ class NotifyServer:
         """Mark the lists stale when no leader has shared a snapshot for a while."""
         patience = self._snapshot_patience
         while True:
-            await asyncio.sleep(self.config.poll_interval)
+            await asyncio.sleep(self.config.celery.poll_interval)
             silent = time.monotonic() - self._snapshot_seen
             if silent > patience:
                 self._shared_broker = False
@@ -563,14 +525,14 @@ class NotifyServer:
     def _bridge_options(self) -> BridgeOptions:
         config = self.config
         return BridgeOptions(
-            broker_url=config.broker_url,
-            broker_master=(config.redis_master if config.broker_url.startswith("sentinel://")
+            broker_url=config.celery.broker_url,
+            broker_master=(config.redis.master if config.celery.broker_url.startswith("sentinel://")
                            else None),
-            broker_transport_options=dict(config.broker_transport_options),
-            redis_url=config.redis_url, redis_sentinels=config.redis_sentinels,
-            redis_master=config.redis_master, prefix=config.prefix,
-            history_maxlen=config.history_maxlen, subject_arg=config.subject_arg,
-            owner_arg=config.owner_arg, enable_events=config.enable_events,
+            broker_transport_options=dict(config.celery.broker_transport_options),
+            redis_url=config.redis.url, redis_sentinels=config.redis.sentinels,
+            redis_master=config.redis.master, prefix=config.redis.prefix,
+            history_maxlen=config.redis.history_maxlen, subject_arg=config.celery.subject_arg,
+            owner_arg=config.celery.owner_arg, enable_events=config.celery.enable_events,
             # What a new leader writes again: what the old one may have missed.
             replay_window=2 * config.leader_ttl + 2.0,
             log_level=logging.getLogger().getEffectiveLevel())

@@ -5,7 +5,7 @@ import uuid
 import pytest
 from celery import Celery
 
-from notify_server.embedded_redis import EmbeddedRedis
+from notify_server.dev.embedded_redis import EmbeddedRedis
 from tests.support.processes import start_server, start_worker, stop_all_started
 
 

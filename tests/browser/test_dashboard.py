@@ -8,8 +8,8 @@ import uuid
 import redis
 from playwright.sync_api import expect
 
-from notify_server import messages
-from notify_server.emitter import Emitter
+from notify_server.protocol import messages
+from notify_server.worker.emitter import Emitter
 from tests.support.network import free_port
 from tests.support.processes import ARTIFACTS, start_server
 from tests.support.tasks import submit, unique_avid

@@ -19,9 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server import messages
-from notify_server.emitter import Emitter
-from notify_server.events import with_owner
+from notify_server.protocol import messages
+from notify_server.worker.emitter import Emitter
+from notify_server.protocol.task_events import with_owner
 from tests.support.async_peer import AsyncPeer, masked_frame
 from tests.support.client import WsClient
 from tests.support.processes import ARTIFACTS, start_server

@@ -25,9 +25,9 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server import messages
-from notify_server.emitter import Emitter
-from notify_server.events import with_owner
+from notify_server.protocol import messages
+from notify_server.worker.emitter import Emitter
+from notify_server.protocol.task_events import with_owner
 from tests.support.async_peer import AsyncPeer, open_stream, read_until_eof, upgrade_request
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server

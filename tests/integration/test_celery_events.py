@@ -19,9 +19,9 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server import events
-from notify_server.embedded_redis import EmbeddedRedis
-from notify_server.emitter import Emitter
+from notify_server.protocol import task_events as events
+from notify_server.dev.embedded_redis import EmbeddedRedis
+from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task
 from tests.support.processes import ARTIFACTS, start_server, start_worker
 from tests.support.tasks import submit, unique_avid

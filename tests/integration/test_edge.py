@@ -10,8 +10,8 @@ import json
 
 import redis
 
-from notify_server import messages
-from notify_server.emitter import Emitter
+from notify_server.protocol import messages
+from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server
 from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, upgrade,

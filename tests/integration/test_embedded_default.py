@@ -4,8 +4,8 @@ import json
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from notify_server.emitter import Emitter
-from notify_server import messages
+from notify_server.worker.emitter import Emitter
+from notify_server.protocol import messages
 from tests.support.client import WsClient
 from tests.support.processes import start_server
 

@@ -6,8 +6,8 @@ import logging
 import orjson
 import redis as redis_py
 
-from notify_server import messages
-from notify_server.emitter import Emitter
+from notify_server.protocol import messages
+from notify_server.worker.emitter import Emitter
 
 
 def test_emitter_buffers_through_an_outage_and_writes_in_order_when_redis_returns(
@@ -17,7 +17,7 @@ def test_emitter_buffers_through_an_outage_and_writes_in_order_when_redis_return
     emitter.emit(messages.task_started("before", "A"))
     server.kill()
 
-    with caplog.at_level(logging.WARNING, logger="notify_server.emitter"):
+    with caplog.at_level(logging.WARNING, logger="notify_server.worker.emitter"):
         for number in range(8):
             emitter.emit(messages.task_started(f"down-{number}", "A"))
         outage_warnings = [r for r in caplog.records if "cannot write" in r.getMessage()]

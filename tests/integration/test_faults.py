@@ -15,9 +15,9 @@ import psutil
 from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server import messages
-from notify_server.embedded_redis import free_port
-from notify_server.emitter import Emitter
+from notify_server.protocol import messages
+from notify_server.dev.embedded_redis import free_port
+from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server, start_worker
 from tests.support.raw_ws import (OPCODE_CLOSE, raw_handshake, read_until_close_frame,

@@ -29,9 +29,9 @@ import redis
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from notify_server import messages
-from notify_server.embedded_redis import EmbeddedRedis
-from notify_server.emitter import Emitter
+from notify_server.protocol import messages
+from notify_server.dev.embedded_redis import EmbeddedRedis
+from notify_server.worker.emitter import Emitter
 from tests.support.processes import start_server
 from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT,
                                   RawPeer, client_frame, upgrade)

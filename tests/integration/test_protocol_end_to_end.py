@@ -6,8 +6,8 @@ import uuid
 
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server import messages
-from notify_server.emitter import Emitter
+from notify_server.protocol import messages
+from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.tasks import submit, unique_avid
 

@@ -13,7 +13,7 @@ import redis
 from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server.poller import make_inspect_app, read_depths
+from notify_server.celery_io.poller import make_inspect_app, read_depths
 from tests.support.client import WsClient, queue_status_where
 from tests.support.processes import start_server, start_worker
 from tests.support.tasks import unique_avid

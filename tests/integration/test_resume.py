@@ -3,9 +3,9 @@
 import asyncio
 import threading
 
-from notify_server import messages
-from notify_server.emitter import Emitter
-from notify_server.messages import parse_stream_id
+from notify_server.protocol import messages
+from notify_server.worker.emitter import Emitter
+from notify_server.protocol.messages import parse_stream_id
 from tests.support.client import WsClient
 from tests.support.processes import start_server
 

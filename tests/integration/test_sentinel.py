@@ -23,9 +23,9 @@ import redis.asyncio
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.iostream import StreamClosedError
 
-from notify_server import messages
-from notify_server.emitter import Emitter
-from notify_server.messages import parse_stream_id
+from notify_server.protocol import messages
+from notify_server.worker.emitter import Emitter
+from notify_server.protocol.messages import parse_stream_id
 from tests.support.client import WsClient
 from tests.support.processes import ARTIFACTS, Child, start_server
 from tests.support.sentinel import SentinelCluster

@@ -28,8 +28,8 @@ import redis.asyncio
 from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server.embedded_redis import EmbeddedRedis
-from notify_server.emitter import Emitter
+from notify_server.dev.embedded_redis import EmbeddedRedis
+from notify_server.worker.emitter import Emitter
 from tests.support.network import free_port
 from tests.support.nginx import Nginx
 from tests.support.processes import ARTIFACTS, Child, start_server, start_worker

@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from notify_server import events
-from notify_server.messages import parse_event
+from notify_server.protocol import task_events as events
+from notify_server.protocol.messages import parse_event
 from tests.support.client import WsClient, of_task
 from tests.support.processes import ROOT, Child
 from tests.support.tasks import unique_avid
@@ -27,7 +27,7 @@ USER_APP = '''\
 import os
 
 from celery import Celery
-from notify_server import worker
+from notify_server.worker import hook as worker
 from notify_server.worker import install
 
 print(f"notify_server.worker from {worker.__file__}", flush=True)
@@ -122,8 +122,8 @@ def test_wheel_holds_the_notify_server_package_with_its_data_and_nothing_else(wh
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"notify_server"}
     package = ROOT / "notify_server"
     expected = {f"notify_server/{path.relative_to(package).as_posix()}"
-                for path in [*package.glob("*.py"), package / "dashboard.html",
-                             *(package / "static").iterdir()]}
+                for path in [*package.glob("**/*.py"), package / "dashboard" / "index.html",
+                             *(package / "dashboard" / "static").iterdir()]}
     assert expected <= names, sorted(expected - names)
 
 

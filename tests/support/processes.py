@@ -112,7 +112,7 @@ def start_server(redis_url: Optional[str], *extra: str, env: Optional[dict] = No
 
 def start_worker(redis_url: str, hostname: str, concurrency: int = 2,
                  env: Optional[dict] = None, queues: Sequence[str] = (),
-                 app: str = "notify_server.demo", args: Sequence[str] = ()) -> Child:
+                 app: str = "notify_server.dev.demo", args: Sequence[str] = ()) -> Child:
     """Start `celery -A <app> worker` (prefork; the demo app by default) and
     wait until it is ready; it consumes `queues` (`-Q`), else Celery's default
     queue, and gets any extra `args` (such as -E)."""

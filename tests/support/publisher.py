@@ -4,8 +4,8 @@ import threading
 import time
 from typing import Optional
 
-from notify_server import messages
-from notify_server.emitter import Emitter
+from notify_server.protocol import messages
+from notify_server.worker.emitter import Emitter
 
 
 def progress_event(tag: str, number: int) -> dict:

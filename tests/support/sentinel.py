@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import redis
 import redis.asyncio
 
-from notify_server.embedded_redis import find_redis_server, free_port
+from notify_server.dev.embedded_redis import find_redis_server, free_port
 from tests.support.processes import Child
 
 Address = Tuple[str, int]

@@ -1,4 +1,4 @@
-"""Tokens, scopes and limits (notify_server.auth, .hub, .session, .limits), without I/O."""
+"""Tokens, scopes and limits (notify_server.access.auth, .hub, .session, .limits), without I/O."""
 
 import time
 
@@ -6,12 +6,12 @@ import jwt
 import orjson
 import pytest
 
-from notify_server.auth import EVERYONE, AuthError, Authenticator, Scope, bearer_token
-from notify_server.framing import payloads
-from notify_server.hub import Hub
-from notify_server.limits import ActionBucket, ConnectionCounter
-from notify_server.messages import Event, InvalidEvent, parse_event
-from notify_server.session import Session
+from notify_server.access.auth import EVERYONE, AuthError, Authenticator, Scope, bearer_token
+from notify_server.protocol.framing import payloads
+from notify_server.delivery.hub import Hub
+from notify_server.access.limits import ActionBucket, ConnectionCounter
+from notify_server.protocol.messages import Event, InvalidEvent, parse_event
+from notify_server.delivery.session import Session
 
 SECRET = "s" * 32
 OTHER = "o" * 32

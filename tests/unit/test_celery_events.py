@@ -4,14 +4,14 @@ messages (and their transition keys) out; the worker table; public worker events
 import orjson
 import pytest
 
-from notify_server import events
-from notify_server.auth import Scope
-from notify_server.celery_events import CeleryEventMapper
-from notify_server.framing import payloads
-from notify_server.hub import Hub
-from notify_server.messages import Event
-from notify_server.queue_status import with_workers, workers_moved
-from notify_server.session import Session
+from notify_server.protocol import task_events as events
+from notify_server.access.auth import Scope
+from notify_server.celery_io.bridge_mapping import CeleryEventMapper
+from notify_server.protocol.framing import payloads
+from notify_server.delivery.hub import Hub
+from notify_server.protocol.messages import Event
+from notify_server.queue.status import with_workers, workers_moved
+from notify_server.delivery.session import Session
 
 
 def received(task_id="t-1", args="['A-1']", kwargs="{}", retries=0, hostname="w1@host"):

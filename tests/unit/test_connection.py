@@ -5,10 +5,11 @@ import socket
 
 from tornado.iostream import IOStream
 
-from notify_server.connection import CLOSED, CLOSING, OPEN, Connection
-from notify_server.framing import payloads, text_frame
-from notify_server.messages import CLOSE_SLOW
-from notify_server.server import NotifyServer, ServerConfig
+from notify_server.edge.connection import CLOSED, CLOSING, OPEN, Connection
+from notify_server.protocol.framing import payloads, text_frame
+from notify_server.protocol.messages import CLOSE_SLOW
+from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig
+from notify_server.server import NotifyServer
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -110,15 +111,9 @@ async def test_once_closing_nothing_but_the_close_frame_is_written(io_loop):
 
 async def test_a_socket_that_left_open_is_never_added_to_the_hub_again(io_loop):
     server = NotifyServer(ServerConfig(
-        redis_url="redis://127.0.0.1:1/0", redis_sentinels=(), redis_master=None,
-        broker_url="redis://127.0.0.1:1/0",
-        events_channel="t:events", history_stream="t:events:history", subject_arg="avid",
-        poll_interval=1.0, inspect_timeout=1.0, discovery_interval=30.0, refresh_delay=0.2,
-        max_client_buffer=1 << 20, ping_interval=25.0, ping_timeout=10.0, owner_arg="user_id",
-        auth_secrets=(), auth_leeway=5.0, max_connections=0, max_connections_per_ip=0,
-        action_rate=20.0, action_burst=40, max_subscribe=1000, queue_channel="t:queue",
-        queue_key="t:queue:snapshot", leader_key="t:poller:leader", leader_ttl=5.0,
-        instance="test:0:1", queues=("celery",), broker_transport_options={}))
+        redis=RedisConfig(url="redis://127.0.0.1:1/0", prefix="t"),
+        celery=CeleryConfig(broker_url="redis://127.0.0.1:1/0", poll_interval=1.0),
+        access=AccessConfig(max_connections=0, max_connections_per_ip=0), instance="test:0:1"))
     closed_early, closing = [], []
     for kept in (closed_early, closing):
         ours, _peer = socket.socketpair()

@@ -1,6 +1,6 @@
 import asyncio
 
-from notify_server.heartbeat import Heartbeat
+from notify_server.edge.heartbeat import Heartbeat
 
 
 class FakeSocket:

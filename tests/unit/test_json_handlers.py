@@ -8,7 +8,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from handlers import make_application
-from notify_server.auth import EVERYONE
+from notify_server.access.auth import EVERYONE
 
 
 class BrokenServer:

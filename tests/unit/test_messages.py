@@ -1,9 +1,9 @@
 import orjson
 import pytest
 
-from notify_server import messages
-from notify_server.framing import payloads
-from notify_server.messages import InvalidEvent, ProtocolError, parse_action, parse_event
+from notify_server.protocol import messages
+from notify_server.protocol.framing import payloads
+from notify_server.protocol.messages import InvalidEvent, ProtocolError, parse_action, parse_event
 
 
 def test_task_messages_carry_exactly_the_seed_keys_in_seed_order():

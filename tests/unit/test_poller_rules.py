@@ -1,10 +1,10 @@
-"""The inspect poller's rules (notify_server.poll_outcome), without Celery or a broker."""
+"""The inspect poller's rules (notify_server.queue.poll_outcome), without Celery or a broker."""
 
 import socket
 
 import pytest
 
-from notify_server.poll_outcome import (HALF_ANSWERED, NO_WORKER, classify_failure, judge)
+from notify_server.queue.poll_outcome import (HALF_ANSWERED, NO_WORKER, classify_failure, judge)
 
 A, B = "celery@a", "celery@b"
 NOBODY = frozenset()
@@ -109,7 +109,7 @@ def test_a_hung_inspect_call_fails_the_poll_after_its_time_limit(monkeypatch):
     import signal
     import threading
 
-    from notify_server import poller
+    from notify_server.celery_io import poller
 
     released = threading.Event()
 

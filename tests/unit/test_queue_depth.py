@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from notify_server import poller
-from notify_server.queue_status import (for_scope, normalise, queue_names,
+from notify_server.celery_io import poller
+from notify_server.queue.status import (for_scope, normalise, queue_names,
                                         remember_queues)
 from tests.support.network import free_port
 

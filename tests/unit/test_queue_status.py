@@ -1,4 +1,4 @@
-from notify_server.queue_status import QueueState, for_scope, normalise, subject_of
+from notify_server.queue.status import QueueState, for_scope, normalise, subject_of
 
 ACTIVE = {"celery@a": [{"id": "t1", "name": "dl", "args": ["SSIS-950"], "kwargs": {},
                         "hostname": "celery@a", "time_start": 1703001234.567,

@@ -122,7 +122,7 @@ def test_no_file_cites_the_external_protocol_document():
 
 
 def test_protocol_quotes_the_emitters_lua_script_exactly():
-    from notify_server.emitter import EMIT_SCRIPT
+    from notify_server.worker.emitter import EMIT_SCRIPT
 
     blocks = re.findall(r"^```lua\n(.*?)^```", PROTOCOL.read_text(), re.MULTILINE | re.DOTALL)
     assert blocks and all(block.strip() == EMIT_SCRIPT.strip() for block in blocks)

@@ -6,25 +6,21 @@ import socket
 import orjson
 from tornado.iostream import IOStream
 
-from notify_server.auth import EVERYONE, Scope
-from notify_server.framing import payloads
-from notify_server.queue_status import normalise
-from notify_server.server import NotifyServer, ServerConfig
+from notify_server.access.auth import EVERYONE, Scope
+from notify_server.protocol.framing import payloads
+from notify_server.queue.status import normalise
+from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig
+from notify_server.server import NotifyServer
 
 from .test_connection import read_all
 
 
 def make_server() -> NotifyServer:
     return NotifyServer(ServerConfig(
-        redis_url="redis://127.0.0.1:1/0", redis_sentinels=(), redis_master=None,
-        broker_url="redis://127.0.0.1:1/0",
-        events_channel="t:events", history_stream="t:events:history", subject_arg="avid",
-        poll_interval=1.0, inspect_timeout=1.0, discovery_interval=30.0, refresh_delay=0.2,
-        max_client_buffer=1 << 20, ping_interval=25.0, ping_timeout=10.0, owner_arg="user_id",
-        auth_secrets=("s" * 32,), auth_leeway=5.0, max_connections=0, max_connections_per_ip=0,
-        action_rate=20.0, action_burst=40, max_subscribe=1000, queue_channel="t:queue",
-        queue_key="t:queue:snapshot", leader_key="t:poller:leader", leader_ttl=5.0,
-        instance="test:0:1", queues=("celery",), broker_transport_options={}))
+        redis=RedisConfig(url="redis://127.0.0.1:1/0", prefix="t"),
+        celery=CeleryConfig(broker_url="redis://127.0.0.1:1/0", poll_interval=1.0),
+        access=AccessConfig(auth_secrets=("s" * 32,), max_connections=0, max_connections_per_ip=0),
+        instance="test:0:1"))
 
 
 def task(task_id, owner):

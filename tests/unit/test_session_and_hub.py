@@ -1,10 +1,10 @@
 import orjson
 import pytest
 
-from notify_server.framing import payloads, text_frame
-from notify_server.hub import Hub
-from notify_server.messages import Event, ProtocolError
-from notify_server.session import Session
+from notify_server.protocol.framing import payloads, text_frame
+from notify_server.delivery.hub import Hub
+from notify_server.protocol.messages import Event, ProtocolError
+from notify_server.delivery.session import Session
 
 
 def event(event_id, task_id="t", avid="A"):

@@ -1,7 +1,7 @@
 import pytest
 
 import settings
-from notify_server.backoff import Backoff
+from notify_server.redis_io.backoff import Backoff
 
 
 def test_flags_win_over_environment_over_defaults():
@@ -55,8 +55,8 @@ def test_queues_default_to_celerys_and_transport_options_to_none():
     config = settings.load(["--queues", " video, celery,,video "], {
         "NOTIFY_BROKER_TRANSPORT_OPTIONS": '{"global_keyprefix": "app:", "sep": ":"}',
     }).server_config("test:0:1")
-    assert config.queues == ("video", "celery")
-    assert config.broker_transport_options == {"global_keyprefix": "app:", "sep": ":"}
+    assert config.celery.queues == ("video", "celery")
+    assert config.celery.broker_transport_options == {"global_keyprefix": "app:", "sep": ":"}
     assert settings.load([], {"NOTIFY_QUEUES": ""}).queues == ()
 
 

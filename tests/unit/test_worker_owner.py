@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from celery import Celery
 
-from notify_server import events
+from notify_server.protocol import task_events as events
 from notify_server.worker import Notifier
 
 

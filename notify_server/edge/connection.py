@@ -14,7 +14,7 @@ from typing import Callable, List
 
 from tornado.iostream import IOStream, StreamClosedError
 
-from .messages import CLOSE_GOING_AWAY, CLOSE_SLOW
+from notify_server.protocol.messages import CLOSE_GOING_AWAY, CLOSE_SLOW
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from redis.sentinel import Sentinel
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .events import ONCE_WINDOW, encode
+from notify_server.protocol.task_events import ONCE_WINDOW, encode
 
 log = logging.getLogger(__name__)
 

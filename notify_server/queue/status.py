@@ -7,7 +7,7 @@ handlers read `QueueState.data()`.
 
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional
 
-from .events import owner_of, subject_of
+from notify_server.protocol.task_events import owner_of, subject_of
 
 TASK_LISTS = ("active_tasks", "scheduled_tasks", "reserved_tasks")
 

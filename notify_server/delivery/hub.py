@@ -17,9 +17,9 @@ import collections
 import logging
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .auth import Scope
-from .messages import CLOSE_INTERNAL_ERROR, Event
-from .session import Session
+from notify_server.access.auth import Scope
+from notify_server.protocol.messages import CLOSE_INTERNAL_ERROR, Event
+from notify_server.delivery.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ callables and calls these methods on the event-loop thread only.
 
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .auth import EVERYONE, Scope
-from .messages import RESUME_IN_PROGRESS, Event, ProtocolError, parse_stream_id
+from notify_server.access.auth import EVERYONE, Scope
+from notify_server.protocol.messages import RESUME_IN_PROGRESS, Event, ProtocolError, parse_stream_id
 
 
 class Session:

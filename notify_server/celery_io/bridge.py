@@ -149,10 +149,10 @@ def run_helper(options: BridgeOptions, leading, pipe) -> None:
     # Imported here: the server process never loads kombu's consumer for this.
     from celery import Celery
 
-    from . import children
-    from .celery_events import CeleryEventMapper
-    from .emitter import Emitter
-    from .poller import exit_with_parent
+    from notify_server import children
+    from notify_server.celery_io.bridge_mapping import CeleryEventMapper
+    from notify_server.worker.emitter import Emitter
+    from notify_server.celery_io.poller import exit_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     children.terminate_with_parent()  # a server killed with -9 takes its writer along

@@ -24,7 +24,7 @@ import collections
 import dataclasses
 from typing import Any, Dict, List, Optional
 
-from . import events
+from notify_server.protocol import task_events as events
 
 # Celery's expire window (HEARTBEAT_EXPIRE_WINDOW = 200 %) of the heartbeat interval.
 HEARTBEAT_EXPIRY = 2.0

@@ -13,11 +13,11 @@ import orjson
 
 # The task events are the workers' to build (`events` is stdlib-only, so a
 # worker needs no server dependency); re-exported here for the server side.
-from .events import (TASK_COMPLETED, TASK_FAILED, TASK_PROGRESS, TASK_RECEIVED,
+from notify_server.protocol.task_events import (TASK_COMPLETED, TASK_FAILED, TASK_PROGRESS, TASK_RECEIVED,
                      TASK_REJECTED, TASK_RETRYING, TASK_REVOKED, TASK_STARTED, WORKER_EVENTS,
                      WORKER_OFFLINE, WORKER_ONLINE, owner_text, safe_text, task_completed, task_failed,
                      task_progress, task_retrying, task_revoked, task_started)
-from .framing import text_frame
+from notify_server.protocol.framing import text_frame
 
 QUEUE_STATUS = "queue_status"
 PONG = "pong"

@@ -16,8 +16,8 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 from celery import Celery, current_task, signals
 
-from . import events
-from .emitter import Emitter
+from notify_server.protocol import task_events as events
+from notify_server.worker.emitter import Emitter
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import redis
 
-from . import children
+from notify_server import children
 
 
 def find_redis_server() -> str:

@@ -15,10 +15,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .backoff import Backoff
-from .history import History
-from .messages import Event, InvalidEvent, parse_event
-from .relay_cursor import RelayCursor
+from notify_server.redis_io.backoff import Backoff
+from notify_server.redis_io.history import History
+from notify_server.protocol.messages import Event, InvalidEvent, parse_event
+from notify_server.delivery.relay_cursor import RelayCursor
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""The demo Celery app: `celery -A notify_server.demo worker`.
+"""The demo Celery app: `celery -A notify_server.dev.demo worker`.
 
 Its broker and events Redis are $REDIS_URL (default redis://127.0.0.1:6379/0).
-`python -m notify_server.demo produce` keeps submitting demo tasks: most
+`python -m notify_server.dev.demo produce` keeps submitting demo tasks: most
 succeed, some fail, a few are scheduled with a countdown; they are owned in
 turn by "alice", by "bob" and by no one (the `user_id` keyword).
 """
@@ -17,11 +17,11 @@ from typing import Optional
 
 from celery import Celery
 
-from .worker import install
+from notify_server.worker import install
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-app = Celery("notify_server.demo", broker=REDIS_URL)
+app = Celery("notify_server.dev.demo", broker=REDIS_URL)
 app.conf.update(
     task_acks_late=False,
     worker_prefetch_multiplier=1,

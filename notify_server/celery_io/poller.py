@@ -27,8 +27,8 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 from kombu.transport import redis as redis_transport
 
-from .poll_outcome import classify_failure, judge
-from .queue_status import (QueueState, Replies, normalise, queue_list, queue_names,
+from notify_server.queue.poll_outcome import classify_failure, judge
+from notify_server.queue.status import (QueueState, Replies, normalise, queue_list, queue_names,
                            remember_queues)
 
 log = logging.getLogger(__name__)

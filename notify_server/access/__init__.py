@@ -1,0 +1,1 @@
+"""Who may connect: tokens and limits (pure)."""

@@ -1,0 +1,1 @@
+"""Fan-out to sockets: sessions, the hub, the relay's cursor (pure)."""

@@ -1,0 +1,1 @@
+"""For development only: the embedded Redis and the demo."""

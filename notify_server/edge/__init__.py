@@ -1,0 +1,1 @@
+"""The socket edge: one client connection and its heartbeat (Tornado)."""

@@ -1,0 +1,1 @@
+"""The wire: message shapes, stream ids, frames (pure)."""

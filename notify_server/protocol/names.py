@@ -1,0 +1,54 @@
+"""What workers and servers must agree on: Redis key names and shared defaults.
+
+Standard library only: the worker side imports it. A server and its workers
+find each other only through these names, so both build them here.
+"""
+
+import dataclasses
+
+# Defaults a worker's `install()` and the server's settings share.
+DEFAULT_PREFIX = "notify"
+DEFAULT_SUBJECT_ARG = "avid"
+DEFAULT_OWNER_ARG = "user_id"
+DEFAULT_HISTORY_MAXLEN = 10000
+
+# Celery inspect's three task lists, as `queue_status` names them.
+TASK_LISTS = ("active_tasks", "scheduled_tasks", "reserved_tasks")
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    """The Redis keys and channels under one prefix (docs/protocol.md section 6)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def events_channel(self) -> str:
+        """Where each event is published as it is written."""
+        return f"{self.prefix}:events"
+
+    @property
+    def history_stream(self) -> str:
+        """The stream that holds the recent events, with their ids."""
+        return f"{self.prefix}:events:history"
+
+    @property
+    def queue_channel(self) -> str:
+        """Where the poller's leader announces each queue snapshot."""
+        return f"{self.prefix}:queue"
+
+    @property
+    def queue_key(self) -> str:
+        """The latest queue snapshot."""
+        return f"{self.prefix}:queue:snapshot"
+
+    @property
+    def leader_key(self) -> str:
+        """The poller lease: who polls inspect."""
+        return f"{self.prefix}:poller:leader"
+
+    @property
+    def once_prefix(self) -> str:
+        """Of each lifecycle transition's once-only key (docs/protocol.md 6.4):
+        this, then `<task_id>:<type>:<attempt>`."""
+        return f"{self.prefix}:once:"

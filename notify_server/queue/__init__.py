@@ -1,0 +1,1 @@
+"""The queue snapshot's rules: inspect replies, scoping, state, poll outcomes (pure)."""

@@ -1,0 +1,1 @@
+"""Redis adapters: the relay, the history, the lease, the clients."""
