@@ -7,7 +7,7 @@ from tornado.log import access_log
 
 from .dashboard import STATIC_DIR, DashboardHandler, StaticHandler
 from .health import LivenessHandler, ReadinessHandler
-from .json import ApiNotFoundHandler
+from .envelope import ApiNotFoundHandler
 from .metrics import MetricsHandler
 from .rest import QueueStatusHandler
 from .websocket import TaskSocketHandler

@@ -1,8 +1,8 @@
 """Liveness and readiness probes: `/healthz` and `/readyz`."""
 
+import orjson
 import tornado.web
 
-from notify_server.protocol import messages
 
 
 class LivenessHandler(tornado.web.RequestHandler):
@@ -26,4 +26,4 @@ class ReadinessHandler(tornado.web.RequestHandler):
         health = self.server.health()
         self.set_status(200 if health["ready"] else 503)
         self.set_header("Content-Type", "application/json")
-        self.finish(messages.encode(health))
+        self.finish(orjson.dumps(health))

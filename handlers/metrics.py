@@ -27,4 +27,4 @@ class MetricsHandler(tornado.web.RequestHandler):
                 self.finish("a bearer token is required for /metrics\n")
                 return
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(self.server.metrics_text())
+        self.finish(self.server.metrics.exposition())

@@ -2,7 +2,7 @@
 
 from notify_server.access.auth import AuthError, bearer_token
 
-from .json import JsonHandler
+from .envelope import JsonHandler
 
 
 class QueueStatusHandler(JsonHandler):
@@ -24,7 +24,7 @@ class QueueStatusHandler(JsonHandler):
         token = (self.get_query_argument("token", None)
                  or bearer_token(self.request.headers.get("Authorization")))
         try:
-            scope = self.server.authenticate(token)
+            scope = self.server.admission.authenticate(token)
         except AuthError as exc:
             self.set_header("WWW-Authenticate", 'Bearer realm="notify-server"')
             self.send_envelope(401, str(exc), None)

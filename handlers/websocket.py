@@ -8,11 +8,12 @@ import tornado.web
 import tornado.websocket
 
 from notify_server.protocol import messages
+from notify_server.protocol import close_codes
 from notify_server.access.auth import AuthError, bearer_token
 from notify_server.edge.connection import OPEN
 from notify_server.protocol.messages import ProtocolError
 
-from .json import log_exception, write_envelope
+from .envelope import log_exception, write_envelope
 from .origin import origin_allowed
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         self.release_slot = None  # a refused socket's hold on its address's connection slot
 
     async def get(self, *args, **kwargs) -> None:
-        refusal = self.server.refusal(self.request.remote_ip)
+        refusal = self.server.admission.refusal(self.request.remote_ip)
         if refusal is not None:
             write_envelope(self, *refusal, None)
             return
@@ -72,14 +73,14 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         # Tornado turns Nagle back on after the upgrade; small frames must not wait for ACKs.
         self.set_nodelay(True)
         try:
-            scope = self.server.authenticate(self.token)
+            scope = self.server.admission.authenticate(self.token)
         except AuthError as exc:
             # Until its close handshake ends it still counts against its address:
             # sockets without a token cannot be piled up past the limit either.
-            self.release_slot = self.server.hold_slot(self.request.remote_ip)
-            self.close(messages.CLOSE_UNAUTHORIZED, str(exc))
+            self.release_slot = self.server.admission.hold_slot(self.request.remote_ip)
+            self.close(close_codes.UNAUTHORIZED, str(exc))
             return
-        self.bucket = self.server.action_bucket()
+        self.bucket = self.server.admission.action_bucket()
         self.connection, self.session = self.server.connect(
             self.ws_connection.stream, self.close, self.request.remote_ip, scope)
         try:
@@ -87,8 +88,8 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         except Exception:
             # Tornado would drop the stream without `on_close`: the socket would stay counted.
             log.exception("opening a client socket failed; closing it with %d",
-                          messages.CLOSE_INTERNAL_ERROR)
-            self.connection.close(messages.CLOSE_INTERNAL_ERROR, "internal error; reconnect")
+                          close_codes.INTERNAL_ERROR)
+            self.connection.close(*close_codes.FAILED)
 
     def _start(self) -> None:
         if self.last_event_id is None:
@@ -119,11 +120,11 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
 
     def _rate_limited(self):
         if self.bucket.flooding:
-            self.server.count_refused("flood")
+            self.server.admission.count_refused("flood")
             stream = self.ws_connection.stream  # Tornado forgets it on close
-            self.connection.close(messages.CLOSE_POLICY, "rate limit exceeded")
+            self.connection.close(*close_codes.RATE_LIMIT)
             return _until_closed(stream)
-        self.server.count_refused("rate")
+        self.server.admission.count_refused("rate")
         self._reply(messages.ERROR, messages.frame(messages.error(
             messages.RATE_LIMITED, f"more than {self.bucket.rate:g} actions per second; "
                                    "slow down or the socket is closed")))
@@ -132,14 +133,16 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         if action.name == "get_queue_status":
             self._reply(messages.QUEUE_STATUS, self.server.queue_status_frame(self.session.scope))
         elif action.name == "ping":
-            self._reply(messages.PONG, self.server.pong_frame())
+            self._reply(messages.PONG, messages.frame(messages.pong(time.time())))
         elif action.name == "subscribe":
             self.session.subscribe(action.task_ids, action.avids)
         elif action.name == "resume":
             self.server.start_resume(self.connection, self.session, action.last_event_id)
         elif action.name == "refresh":
-            self._reply(messages.REFRESHED,
-                        self.server.refresh(self.connection, self.session, action.token))
+            scope, reply = self.server.admission.refresh(self.connection, self.session.scope,
+                                                         action.token)
+            self.server.hub.rescope(self.session, scope)
+            self._reply(messages.REFRESHED, reply)
 
     def on_close(self) -> None:
         if self.connection is not None:
@@ -158,7 +161,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
 
     def _reply(self, kind: str, frame: bytes) -> None:
         self.connection.write(frame)
-        self.server.count_sent(kind)
+        self.server.metrics.sent_of(kind).inc()
 
     def log_exception(self, typ, value, tb) -> None:
         log_exception(self, typ, value, tb)

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from notify_server.protocol.messages import Event
+from notify_server.protocol.stream import Event
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
@@ -83,6 +83,15 @@ class Metrics:
                 self.sent_of(event.type).inc(recipients)
             if event.key is not None:
                 self.relay_lag.observe(max(0.0, now - event.key[0] / 1000.0))
+
+    def subscription(self, connected: bool) -> None:
+        """The events subscription went up or down."""
+        self.redis_up.set(1 if connected else 0)
+
+    def slow_client_closed(self, dropped_bytes: int) -> None:
+        """A slow client was closed with its backlog of `dropped_bytes` dropped."""
+        self.slow_disconnects.inc()
+        self.slow_dropped_bytes.inc(dropped_bytes)
 
     def delivered(self, events: Iterable[Event]) -> None:
         for event in events:

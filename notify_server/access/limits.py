@@ -40,9 +40,6 @@ class ConnectionCounter:
         if self._by_address[address] <= 0:
             del self._by_address[address]
 
-    def from_address(self, address: str) -> int:
-        return self._by_address.get(address, 0)
-
 
 class ActionBucket:
     """A token bucket for one socket's actions: `rate` per second, up to

@@ -28,8 +28,8 @@ from kombu.exceptions import OperationalError
 from kombu.transport import redis as redis_transport
 
 from notify_server.queue.poll_outcome import classify_failure, judge
-from notify_server.queue.status import (QueueState, Replies, normalise, queue_list, queue_names,
-                           remember_queues)
+from notify_server.queue.replies import Replies, normalise, queue_list, queue_names, remember_queues
+from notify_server.queue.state import QueueState
 
 log = logging.getLogger(__name__)
 

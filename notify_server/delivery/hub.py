@@ -18,7 +18,8 @@ import logging
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from notify_server.access.auth import Scope
-from notify_server.protocol.messages import CLOSE_INTERNAL_ERROR, Event
+from notify_server.protocol import close_codes
+from notify_server.protocol.stream import Event, joined_frames
 from notify_server.delivery.session import Session
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 class Hub:
     """Every fan-out isolates sessions from each other: a session whose
     `send` (or filter) raises is logged as a bug, taken out of the hub and
-    closed with `CLOSE_INTERNAL_ERROR` (1011, so its client reconnects and
+    closed with `close_codes.FAILED` (1011, so its client reconnects and
     resumes), and every other session still gets the whole batch."""
 
     def __init__(self, on_sent: Callable[[str, int], None] = lambda kind, count: None) -> None:
@@ -107,11 +108,11 @@ class Hub:
     def _publish_to_everyone(self, events: Sequence[Event], failed: list) -> int:
         if self._split is None:
             plain = tuple(s for s in self._everyone if s.takes_everything)
-            self._split = (tuple(s.send for s in plain), plain,
+            self._split = (tuple(s.write for s in plain), plain,
                            tuple(s for s in self._everyone if not s.takes_everything))
         sends, plain, others = self._split
         if sends:
-            shared = events[0].frame if len(events) == 1 else b"".join(e.frame for e in events)
+            shared = joined_frames(events)
             broken = {}
             for send in sends:
                 try:
@@ -120,8 +121,8 @@ class Hub:
                     broken[id(send)] = exc
             # Every session of a send that raised (sessions do not share one in
             # practice; if they did, that send is broken for all of them).
-            failed.extend((session, broken[id(session.send)]) for session in plain
-                          if id(session.send) in broken)
+            failed.extend((session, broken[id(session.write)]) for session in plain
+                          if id(session.write) in broken)
         shared_writes = len(plain) - len(failed)
         for session in others:
             try:
@@ -161,8 +162,7 @@ class Hub:
         for session, share in shares.items():
             try:
                 if session.takes_everything:
-                    session.send(share[0].frame if len(share) == 1 else
-                                 b"".join(event.frame for event in share))
+                    session.write(joined_frames(share))
                     sent.update(event.type for event in share)
                 else:
                     session.deliver(share)
@@ -181,7 +181,7 @@ class Hub:
         for session in tuple(sessions):  # a send may close a session and shrink the set
             try:
                 if session.takes_everything:
-                    session.send(frame)
+                    session.write(frame)
                     sent += 1
                 else:
                     session.deliver(events)
@@ -202,7 +202,7 @@ class Hub:
         for that one); returns how many got one."""
         live = [s for s in self._sessions if not s.holding]
         return self._send_each(live, lambda session: (
-            frame if session.scope.owners is None else frame_for(session.scope)))
+            frame if session.scope.sees_everything else frame_for(session.scope)))
 
     def _send_each(self, sessions: Iterable[Session], frame) -> int:
         """`frame`: the bytes for all, or a function of the session giving its bytes."""
@@ -212,7 +212,7 @@ class Hub:
                 data = frame(session) if callable(frame) else frame
                 if data is None:
                     continue
-                session.send(data)
+                session.write(data)
                 sent += 1
             except Exception as exc:
                 failed.append((session, exc))
@@ -221,10 +221,10 @@ class Hub:
 
     def _drop(self, failed: Sequence[Tuple[Session, Exception]]) -> None:
         for session, exc in failed:
-            log.error("delivery to a client failed; closing it with %d", CLOSE_INTERNAL_ERROR,
+            log.error("delivery to a client failed; closing it with %d", close_codes.INTERNAL_ERROR,
                       exc_info=exc)
             self.discard(session)
             try:
-                session.close(CLOSE_INTERNAL_ERROR, "internal error; reconnect and resume")
+                session.close(*close_codes.FAILED)
             except Exception:
                 log.exception("closing the failed client failed too")

@@ -7,7 +7,7 @@ starts and when clients must resync.
 
 from typing import Iterable, List, Optional
 
-from notify_server.protocol.messages import Event, parse_stream_id
+from notify_server.protocol.stream import Event, parse_stream_id
 
 # The id before every stream entry: "relay everything the history holds".
 START = "0-0"

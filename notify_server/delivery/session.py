@@ -1,13 +1,15 @@
 """One client's view of the event stream: its filter and its resume state.
 
-Pure: the adapter hands in `send(frame_bytes)` and `close(code, reason)`
+Pure: the adapter hands in `send(frame_bytes)` (kept as `write`: the
+unfiltered write; `deliver` is the filtered one) and `close(code, reason)`
 callables and calls these methods on the event-loop thread only.
 """
 
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from notify_server.access.auth import EVERYONE, Scope
-from notify_server.protocol.messages import RESUME_IN_PROGRESS, Event, ProtocolError, parse_stream_id
+from notify_server.protocol.messages import ProtocolError, RESUME_IN_PROGRESS
+from notify_server.protocol.stream import Event, joined_frames, parse_stream_id
 
 
 class Session:
@@ -27,7 +29,7 @@ class Session:
     events are checked here.
     """
 
-    __slots__ = ("send", "close", "_on_sent", "scope", "_owners", "_task_ids", "_avids",
+    __slots__ = ("write", "close", "_on_sent", "scope", "_task_ids", "_avids",
                  "_held", "_covered_through", "takes_everything", "on_mode_change",
                  "__weakref__")
 
@@ -36,11 +38,10 @@ class Session:
                  scope: Scope = EVERYONE):
         """`on_sent(events)` is told of events this session sent itself: those
         filtered, replayed or held (the hub counts its shared broadcasts)."""
-        self.send = send
+        self.write = send
         self.close = close
         self._on_sent = on_sent
         self.scope = scope
-        self._owners = scope.owners
         self._task_ids: Optional[frozenset] = None
         self._avids: Optional[frozenset] = None
         self._held: Optional[List[Event]] = None
@@ -54,7 +55,7 @@ class Session:
     def set_scope(self, scope: Scope) -> None:
         """Replace the scope (a refreshed token). Only `Hub.rescope` calls
         this for a session in the hub, so that its index follows."""
-        self.scope, self._owners = scope, scope.owners
+        self.scope = scope
 
     def subscribe(self, task_ids: Optional[frozenset], avids: Optional[frozenset]) -> None:
         """From now on, only task events for these task ids or subjects pass."""
@@ -71,7 +72,7 @@ class Session:
     def wants(self, event: Event) -> bool:
         if event.public:
             return True
-        if self._owners is not None and (event.owner is None or event.owner not in self._owners):
+        if not self.scope.sees(event.owner):
             return False
         if self._task_ids is None and self._avids is None:
             return True
@@ -135,8 +136,7 @@ class Session:
         wanted = [event for event in events if self.wants(event)]
         if not wanted:
             return
-        self.send(wanted[0].frame if len(wanted) == 1 else
-                  b"".join(event.frame for event in wanted))
+        self.write(joined_frames(wanted))
         if self._on_sent is not None:
             self._on_sent(wanted)
 

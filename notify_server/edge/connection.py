@@ -14,7 +14,7 @@ from typing import Callable, List
 
 from tornado.iostream import IOStream, StreamClosedError
 
-from notify_server.protocol.messages import CLOSE_GOING_AWAY, CLOSE_SLOW
+from notify_server.protocol import close_codes
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Connection:
     socket does not take goes to the IOStream; frames written while that is
     draining wait in a backlog that follows in one write. When the backlog
     passes `limit` bytes it is dropped, `on_slow(dropped_bytes)` is called
-    and the socket is closed with `CLOSE_SLOW` (4008). Memory per
+    and the socket is closed with `close_codes.SLOW_CLIENT` (4008). Memory per
     client therefore stays under about twice `limit`, plus the kernel's
     socket buffer. `write` never raises for a closed or failing socket.
 
@@ -151,7 +151,7 @@ class Connection:
     def ping_timed_out(self) -> None:
         if self.state is OPEN:
             log.info("closing %s: no pong to the last ping", self.peer)
-            self.close(CLOSE_GOING_AWAY, "ping timeout")
+            self.close(*close_codes.PING_TIMEOUT)
 
     # -- writes the socket did not take at once --------------------------------
 
@@ -178,7 +178,7 @@ class Connection:
         self._backlog, self._backlog_bytes = [], 0
         self._on_slow(dropped)
         log.warning("closing slow client %s: more than %d bytes unsent", self.peer, self._limit)
-        self.close(CLOSE_SLOW, "slow client: outgoing buffer full")
+        self.close(*close_codes.SLOW_CLIENT)
 
 
 def _nothing(*_args) -> None:

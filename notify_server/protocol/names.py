@@ -5,15 +5,30 @@ find each other only through these names, so both build them here.
 """
 
 import dataclasses
+from typing import Tuple
 
 # Defaults a worker's `install()` and the server's settings share.
 DEFAULT_PREFIX = "notify"
 DEFAULT_SUBJECT_ARG = "avid"
 DEFAULT_OWNER_ARG = "user_id"
 DEFAULT_HISTORY_MAXLEN = 10000
+DEFAULT_SENTINEL_MASTER = "mymaster"
 
 # Celery inspect's three task lists, as `queue_status` names them.
 TASK_LISTS = ("active_tasks", "scheduled_tasks", "reserved_tasks")
+
+
+def parse_addresses(value: str) -> Tuple[Tuple[str, int], ...]:
+    """ "host:port,host:port" (a host may be [IPv6]) as (host, port) pairs, as
+    NOTIFY_REDIS_SENTINELS gives them; raises ValueError naming a part of
+    another shape."""
+    pairs = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        host, _, port = part.rpartition(":")
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port")
+        pairs.append((host.strip("[]"), int(port)))
+    return tuple(pairs)
 
 
 @dataclasses.dataclass(frozen=True)

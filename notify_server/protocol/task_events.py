@@ -161,10 +161,19 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def encode(message: dict) -> bytes:
+def revoked_text(expired: bool, terminated: bool, signum: Any) -> str:
+    """The `message` of a `task_revoked`: why the task will not run (on)."""
+    if expired:
+        return "expired before it ran"
+    if terminated:
+        return f"terminated by signal {safe_text(signum)}"
+    return "revoked"
+
+
+def encode_event(message: dict) -> bytes:
     """An event as compact UTF-8 JSON, keys in the order the builders give.
 
-    The server parses it with orjson (`messages.parse_event`). JSON has no NaN
+    The server parses it with orjson (`stream.parse_event`). JSON has no NaN
     or infinity: such a float (say a progress of nan) is written as null, as
     orjson would write it, rather than as a token the server rejects.
     """

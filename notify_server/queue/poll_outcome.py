@@ -9,7 +9,7 @@ answer and does the logging.
 from dataclasses import dataclass
 from typing import FrozenSet, Optional, Sequence, Tuple, Type
 
-from notify_server.queue.status import Replies
+from notify_server.queue.replies import Replies
 
 NO_WORKER = "no Celery worker answered the inspect poll"
 HALF_ANSWERED = "a worker answered only part of the inspect poll"

@@ -9,8 +9,9 @@ import dataclasses
 from typing import Any, Optional, Tuple
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel
+
+from notify_server.worker.emitter import connection_options
 
 # How long asking a sentinel may take.
 SENTINEL_TIMEOUT = 1.0
@@ -43,11 +44,7 @@ class RedisLocation:
 
     def connection_options(self) -> dict:
         """Database and credentials from the URL, without its host and port."""
-        if not self.url:
-            return {}
-        options = parse_url(self.url)
-        return {key: value for key, value in options.items()
-                if key in ("db", "password", "username")}
+        return connection_options(self.url)
 
     def describe(self) -> str:
         """For logs: the URL without its password, or the sentinels."""

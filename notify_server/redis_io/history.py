@@ -10,7 +10,7 @@ from typing import AsyncIterator, List, Optional
 
 from redis.asyncio import Redis
 
-from notify_server.protocol.messages import Event, InvalidEvent, parse_event
+from notify_server.protocol.stream import Event, InvalidEvent, parse_event
 
 log = logging.getLogger(__name__)
 

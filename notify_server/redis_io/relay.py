@@ -15,9 +15,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from notify_server.protocol.names import Keys
 from notify_server.redis_io.backoff import Backoff
 from notify_server.redis_io.history import History
-from notify_server.protocol.messages import Event, InvalidEvent, parse_event
+from notify_server.protocol.stream import Event, InvalidEvent, parse_event
 from notify_server.delivery.relay_cursor import RelayCursor
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ IDLE_WAKEUP = 10.0
 
 class Relay:
     """Subscribes to the events channel and relays every event to `on_events`.
-    `connect(**options)` makes a Redis client (`redis_clients.RedisLocation.client`),
+    `connect(**options)` makes a Redis client (`clients.RedisLocation.client`),
     a new one for every subscription: after a failover it reaches the new primary.
 
     Guarantees for events with an id (written per docs/protocol.md, "Redis"
@@ -43,8 +44,8 @@ class Relay:
     Events published without an id are relayed live only.
 
     The same subscription carries the shared queue snapshot: messages on
-    `snapshot_channel` go to `on_snapshot(payload, True)`, and after every
-    (re)subscription the latest one is read from `snapshot_key` and passed
+    `keys.queue_channel` go to `on_snapshot(payload, True)`, and after every
+    (re)subscription the latest one is read from `keys.queue_key` and passed
     on as `on_snapshot(payload, False)` (stored: maybe old), so a process
     that starts or reconnects has it at once.
 
@@ -57,17 +58,17 @@ class Relay:
     `subscribed_once` is set when the first subscription is in place.
     """
 
-    def __init__(self, connect: Callable[..., Redis], channel: str, stream: str,
+    def __init__(self, connect: Callable[..., Redis], keys: Keys,
                  on_events: Callable[[List[Event]], None],
                  on_resync: Callable[[str], None],
                  on_connected: Callable[[bool], None],
                  on_invalid: Callable[[], None] = lambda: None,
-                 snapshot_channel: Optional[str] = None, snapshot_key: Optional[str] = None,
                  on_snapshot: Callable[[bytes, bool], None] = lambda payload, live: None):
-        self._connect, self._channel, self._stream = connect, channel, stream
-        self._snapshot_channel, self._snapshot_key = snapshot_channel, snapshot_key
+        self._connect, self._channel, self._stream = (connect, keys.events_channel,
+                                                      keys.history_stream)
+        self._snapshot_channel, self._snapshot_key = keys.queue_channel, keys.queue_key
         self._on_snapshot = on_snapshot
-        self._snapshot_channel_bytes = snapshot_channel.encode() if snapshot_channel else None
+        self._snapshot_channel_bytes = self._snapshot_channel.encode()
         self._on_events, self._on_resync, self._on_connected = on_events, on_resync, on_connected
         self._on_invalid = on_invalid
         self._cursor = RelayCursor()
@@ -97,16 +98,13 @@ class Relay:
             history = History(redis, self._stream)
             if not self._cursor.started:
                 self._cursor.start_after(await _newest_id(redis, self._stream))
-            channels = [self._channel] + ([self._snapshot_channel]
-                                          if self._snapshot_channel else [])
-            await pubsub.subscribe(*channels)
-            if self._snapshot_key:
-                latest = await redis.get(self._snapshot_key)
-                if latest is not None:
-                    self._on_snapshot(latest, False)
+            await pubsub.subscribe(self._channel, self._snapshot_channel)
+            latest = await redis.get(self._snapshot_key)
+            if latest is not None:
+                self._on_snapshot(latest, False)
             await self._check_same_redis(redis)
             missed = await self._fill_gap(history)
-            self._set_connected(True, missed)
+            self._subscribed(missed)
             while True:
                 message = await pubsub.get_message(timeout=IDLE_WAKEUP)
                 batch: List[Event] = []
@@ -162,14 +160,15 @@ class Relay:
         if self._cursor.is_new(event):
             batch.append(event)
 
-    def _set_connected(self, connected: bool, missed: int = 0) -> None:
-        if connected and self._backoff.attempts:
+    def _subscribed(self, missed: int) -> None:
+        if self._backoff.attempts:
             log.info("events subscription restored after %d attempt(s); relayed %d missed event(s)",
                      self._backoff.attempts, missed)
         self._backoff.reset()
-        if connected != self.connected:
-            self.connected = connected
-            self._on_connected(connected)
+        if not self.connected:
+            log.info("events subscription up")
+            self.connected = True
+            self._on_connected(True)
         self.subscribed_once.set()
 
     def _lost(self, exc: BaseException) -> None:
@@ -178,6 +177,7 @@ class Relay:
         else:
             log.debug("events subscription still down: %s", exc)
         if self.connected:
+            log.info("events subscription down")
             self.connected = False
             self._on_connected(False)
 

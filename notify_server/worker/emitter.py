@@ -17,7 +17,8 @@ from redis.sentinel import Sentinel
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from notify_server.protocol.task_events import ONCE_WINDOW, encode
+from notify_server.protocol.names import DEFAULT_HISTORY_MAXLEN, DEFAULT_PREFIX, Keys
+from notify_server.protocol.task_events import ONCE_WINDOW, encode_event
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,15 @@ class Emitter:
     buffer and the next attempt reaches the new primary.
     """
 
-    def __init__(self, redis_url: Optional[str], *, prefix: str = "notify",
-                 history_maxlen: int = 10000, timeout: float = 0.5, buffer_size: int = 1000,
+    def __init__(self, redis_url: Optional[str], *, prefix: str = DEFAULT_PREFIX,
+                 history_maxlen: int = DEFAULT_HISTORY_MAXLEN, timeout: float = 0.5, buffer_size: int = 1000,
                  retry_interval: float = 1.0, sentinels: Sequence[Tuple[str, int]] = (),
                  master: Optional[str] = None):
         self._url = redis_url
         self._sentinels, self._master = tuple(sentinels), master
-        self._keys = [f"{prefix}:events:history", f"{prefix}:events"]
-        self._once_prefix = f"{prefix}:once:"
+        keys = Keys(prefix)
+        self._keys = [keys.history_stream, keys.events_channel]
+        self._once_prefix = keys.once_prefix
         self._maxlen = history_maxlen
         self._timeout, self._buffer_size, self._retry_interval = timeout, buffer_size, retry_interval
         self._pid: Optional[int] = None
@@ -87,10 +89,7 @@ class Emitter:
                    "retry": Retry(NoBackoff(), 0)}
         if not self._sentinels:
             return redis.Redis.from_url(self._url, **options)
-        if self._url:
-            parsed = parse_url(self._url)
-            options.update({key: parsed[key] for key in ("db", "password", "username")
-                            if key in parsed})
+        options.update(connection_options(self._url))
         sentinel = Sentinel(list(self._sentinels), sentinel_kwargs={
             "socket_timeout": self._timeout, "socket_connect_timeout": self._timeout})
         return sentinel.master_for(self._master, **options)
@@ -98,7 +97,7 @@ class Emitter:
     def emit(self, message: dict, once: Optional[str] = None) -> None:
         """Queue `message` ({"type", "data"}) and write everything pending;
         with `once`, only if that transition was not written already."""
-        payload = (encode(message), None if once is None else self._once_prefix + once)
+        payload = (encode_event(message), None if once is None else self._once_prefix + once)
         self._ensure_process()
         with self._lock:
             if len(self._pending) >= self._buffer_size:
@@ -156,3 +155,12 @@ class Emitter:
                 self._flush_locked()
                 if not self._pending:
                     return
+
+
+def connection_options(url: Optional[str]) -> dict:
+    """The database and credentials of a Redis URL, without its host and
+    port: what a Sentinel-found primary is reached with."""
+    if not url:
+        return {}
+    return {key: value for key, value in parse_url(url).items()
+            if key in ("db", "password", "username")}

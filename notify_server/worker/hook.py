@@ -17,6 +17,9 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 from celery import Celery, current_task, signals
 
 from notify_server.protocol import task_events as events
+from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG,
+                                          DEFAULT_PREFIX, DEFAULT_SENTINEL_MASTER,
+                                          DEFAULT_SUBJECT_ARG, parse_addresses)
 from notify_server.worker.emitter import Emitter
 
 log = logging.getLogger(__name__)
@@ -52,35 +55,29 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[st
     """
     url = redis_url or os.environ.get("NOTIFY_REDIS_URL") or os.environ.get("REDIS_URL")
     if sentinels is None:
-        sentinels = parse_sentinels(os.environ.get("NOTIFY_REDIS_SENTINELS", ""))
+        try:
+            sentinels = parse_addresses(os.environ.get("NOTIFY_REDIS_SENTINELS", ""))
+        except ValueError as exc:
+            raise ValueError(f"NOTIFY_REDIS_SENTINELS: {exc}") from None
     broker = str(app.conf.broker_url or "")
     if not url and not sentinels and broker.startswith(("redis://", "rediss://", "unix://")):
         url = broker
     if not url and not sentinels:
         raise ValueError("notify_server.worker.install: no Redis URL; pass redis_url= "
                          "or set NOTIFY_REDIS_URL (or NOTIFY_REDIS_SENTINELS)")
-    emitter = Emitter(url, prefix=prefix or os.environ.get("NOTIFY_PREFIX", "notify"),
+    emitter = Emitter(url, prefix=prefix or os.environ.get("NOTIFY_PREFIX", DEFAULT_PREFIX),
                       history_maxlen=history_maxlen or int(
-                          os.environ.get("NOTIFY_HISTORY_MAXLEN", "10000")),
+                          os.environ.get("NOTIFY_HISTORY_MAXLEN", DEFAULT_HISTORY_MAXLEN)),
                       sentinels=sentinels,
-                      master=master or os.environ.get("NOTIFY_REDIS_MASTER") or "mymaster")
+                      master=(master or os.environ.get("NOTIFY_REDIS_MASTER")
+                              or DEFAULT_SENTINEL_MASTER))
     notifier = Notifier(app, emitter,
-                        subject_arg or os.environ.get("NOTIFY_SUBJECT_ARG", "avid"),
-                        owner_arg=owner_arg or os.environ.get("NOTIFY_OWNER_ARG") or "user_id",
+                        subject_arg or os.environ.get("NOTIFY_SUBJECT_ARG", DEFAULT_SUBJECT_ARG),
+                        owner_arg=(owner_arg or os.environ.get("NOTIFY_OWNER_ARG")
+                                   or DEFAULT_OWNER_ARG),
                         owner=owner)
     notifier.connect()
     return notifier
-
-
-def parse_sentinels(value: str) -> Tuple[Tuple[str, int], ...]:
-    """ "host:port,host:port" as (host, port) pairs; raises ValueError for another shape."""
-    pairs = []
-    for part in (p.strip() for p in value.split(",") if p.strip()):
-        host, _, port = part.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"NOTIFY_REDIS_SENTINELS: {part!r} is not host:port")
-        pairs.append((host.strip("[]"), int(port)))
-    return tuple(pairs)
 
 
 class Notifier:
@@ -96,7 +93,7 @@ class Notifier:
     """
 
     def __init__(self, app: Celery, emitter: Emitter, subject_arg: str, *,
-                 owner_arg: str = "user_id", owner: Optional[OwnerFunction] = None):
+                 owner_arg: str = DEFAULT_OWNER_ARG, owner: Optional[OwnerFunction] = None):
         self.app, self.emitter, self._subject_arg = app, emitter, subject_arg
         self._owner_arg, self._owner_function = owner_arg, owner
         self._owner_errors_logged: set = set()
@@ -169,13 +166,8 @@ class Notifier:
     def _on_revoked(self, sender=None, request=None, terminated=False, signum=None,
                     expired=False, **_):
         if self._mine(sender) and request is not None:
-            if expired:
-                text = "expired before it ran"
-            elif terminated:
-                text = f"terminated by signal {signum}"
-            else:
-                text = "revoked"
-            self._emit(events.task_revoked, request.id, request.args, request.kwargs, text,
+            self._emit(events.task_revoked, request.id, request.args, request.kwargs,
+                       events.revoked_text(expired, terminated, signum),
                        attempt=_attempt(request))
 
 

@@ -8,7 +8,7 @@ import uuid
 import redis
 from playwright.sync_api import expect
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
 from tests.support.network import free_port
 from tests.support.processes import ARTIFACTS, start_server
@@ -144,12 +144,12 @@ def test_dashboard_keeps_up_with_hundreds_of_tasks(page, redis_server):
         tasks = [(f"{prefix}-{n:03d}", f"LOAD-{n:03d}") for n in range(400)]
 
         for task_id, avid in tasks:
-            emitter.emit(messages.task_started(task_id, avid))
+            emitter.emit(task_events.task_started(task_id, avid))
         expect(page.locator("#running-count")).to_have_text("400")
         page.evaluate("() => { window.firstRow = document.querySelector('#running li'); }")
         for step in range(1, 11):
             for task_id, avid in tasks:
-                emitter.emit(messages.task_progress(task_id, avid, step, 10, f"part {step} of 10"))
+                emitter.emit(task_events.task_progress(task_id, avid, step, 10, f"part {step} of 10"))
         expect(page.locator('#running [aria-valuenow="100"]')).to_have_count(400)
 
         assert page.evaluate("() => document.querySelector('#running li') === window.firstRow"), \
@@ -164,7 +164,7 @@ def test_dashboard_keeps_up_with_hundreds_of_tasks(page, redis_server):
         page.screenshot(path=str(ARTIFACTS / "dashboard-400-tasks.png"))
 
         for task_id, avid in tasks:
-            emitter.emit(messages.task_completed(task_id, avid, f"{avid} downloaded"))
+            emitter.emit(task_events.task_completed(task_id, avid, f"{avid} downloaded"))
         expect(page.locator("#running li")).to_have_count(0)
         expect(page.locator("#notifications li")).to_have_count(50)
         expect(page.locator("#notifications li").first).to_contain_text("LOAD-399 downloaded")
@@ -188,13 +188,13 @@ def test_dashboard_reconnects_resumes_missed_events_and_reloads_after_a_resync(
     server = start()
     try:
         open_dashboard(page, port)
-        emitter.emit(messages.task_started("t-away-1", "AWAY-1"))
+        emitter.emit(task_events.task_started("t-away-1", "AWAY-1"))
         expect(running_row(page, "t-away-1")).to_have_count(1)
 
         assert server.stop() == 0
         expect(connection).not_to_have_attribute("data-state", "open")
-        emitter.emit(messages.task_completed("t-away-1", "AWAY-1", "finished while away"))
-        emitter.emit(messages.task_started("t-away-2", "AWAY-2"))
+        emitter.emit(task_events.task_completed("t-away-1", "AWAY-1", "finished while away"))
+        emitter.emit(task_events.task_started("t-away-2", "AWAY-2"))
         server = start()
 
         expect(connection).to_have_attribute("data-state", "open")
@@ -208,7 +208,7 @@ def test_dashboard_reconnects_resumes_missed_events_and_reloads_after_a_resync(
         assert server.stop() == 0
         expect(connection).not_to_have_attribute("data-state", "open")
         redis.Redis.from_url(redis_server.url).delete(f"{prefix}:events:history")
-        emitter.emit(messages.task_started("t-away-3", "AWAY-3"))
+        emitter.emit(task_events.task_started("t-away-3", "AWAY-3"))
         server = start()
 
         expect(page.locator('#notifications li[data-kind="resync"]')).to_have_count(1)
@@ -244,7 +244,7 @@ def test_bridge_events_show_a_received_task_on_its_worker_a_rejection_and_worker
         expect(received.locator(".kind")).to_have_text("received")
         page.screenshot(path=str(ARTIFACTS / "dashboard-received.png"))
 
-        emitter.emit(messages.task_started(f"{prefix}-1", "BRIDGE-1"))
+        emitter.emit(task_events.task_started(f"{prefix}-1", "BRIDGE-1"))
         expect(running_row(page, f"{prefix}-1")).to_have_count(1)
         expect(received).to_have_count(0)
 

@@ -19,7 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
+from notify_server.protocol import close_codes
 from notify_server.worker.emitter import Emitter
 from notify_server.protocol.task_events import with_owner
 from tests.support.async_peer import AsyncPeer, masked_frame
@@ -65,7 +66,7 @@ async def first_message(peer: AsyncPeer) -> dict:
 async def receives_event(peer: AsyncPeer, redis_url: str, owner: str) -> dict:
     """Emit an event of `owner`'s and return it as `peer` receives it."""
     tag = unique_avid("SEEN")
-    Emitter(redis_url).emit(with_owner(messages.task_progress(f"{tag}-1", tag, 1, 1, ""), owner))
+    Emitter(redis_url).emit(with_owner(task_events.task_progress(f"{tag}-1", tag, 1, 1, ""), owner))
     while True:
         opcode, payload = await peer.next_frame()
         message = json.loads(payload)
@@ -193,11 +194,11 @@ async def test_an_action_flood_gets_rate_limited_then_1008_while_others_get_ever
         """Emit alice's events one after another until told to stop, then an end marker."""
         emitter, number = Emitter(redis_server.url), 0
         while not stop.is_set():
-            emitter.emit(with_owner(messages.task_progress(
+            emitter.emit(with_owner(task_events.task_progress(
                 f"{tag}-{number}", tag, number, ACTIONS, f"{time.time():.6f}"), "alice"))
             number += 1
             time.sleep(0.002)  # a steady stream, not a wait for anything
-        emitter.emit(with_owner(messages.task_completed(f"{tag}-end", tag, "end"), "alice"))
+        emitter.emit(with_owner(task_events.task_completed(f"{tag}-end", tag, "end"), "alice"))
         return number
 
     readers = [asyncio.ensure_future(observe(o, a)) for o, a in zip(observers, latencies)]
@@ -215,7 +216,7 @@ async def test_an_action_flood_gets_rate_limited_then_1008_while_others_get_ever
     await asyncio.gather(*readers)
 
     replies, pongs, limited = replies_of(frames)
-    assert (code, reason) == (messages.CLOSE_POLICY, "rate limit exceeded")
+    assert (code, reason) == (close_codes.POLICY, "rate limit exceeded")
     assert after_close == []
     assert {m["type"] for m in replies} == {"pong", "error"}
     assert [m["type"] for m in replies[:ACTION_BURST]] == ["pong"] * ACTION_BURST
@@ -260,7 +261,7 @@ async def test_a_flooding_socket_counts_once_in_metrics_and_only_the_replies_it_
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     _, pongs, limited = replies_of(frames)
-    assert code == messages.CLOSE_POLICY
+    assert code == close_codes.POLICY
     assert {
         "refused flood": change("notify_refused_total", reason="flood"),
         "refused rate": change("notify_refused_total", reason="rate"),

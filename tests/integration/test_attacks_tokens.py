@@ -25,7 +25,8 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
+from notify_server.protocol import close_codes
 from notify_server.worker.emitter import Emitter
 from notify_server.protocol.task_events import with_owner
 from tests.support.async_peer import AsyncPeer, open_stream, read_until_eof, upgrade_request
@@ -81,7 +82,7 @@ def bearer(token: str) -> dict:
 
 def event(tag: str, name: str, owner=None) -> dict:
     """A task_progress of task `tag-name` (avid `tag`), owned by `owner`."""
-    return with_owner(messages.task_progress(f"{tag}-{name}", tag, 1, 10, name), owner)
+    return with_owner(task_events.task_progress(f"{tag}-{name}", tag, 1, 10, name), owner)
 
 
 def task_ids_of(client: WsClient, tag: str) -> list:
@@ -169,7 +170,7 @@ async def test_a_refused_token_gets_101_then_close_4001_with_the_reason_and_no_d
     before, code, close_reason = await peer.until_close()
     after = await peer.until_ended()
 
-    assert (code, close_reason) == (messages.CLOSE_UNAUTHORIZED, reason)
+    assert (code, close_reason) == (close_codes.UNAUTHORIZED, reason)
     assert before == [] and after == []
 
 
@@ -357,7 +358,7 @@ async def test_a_socket_whose_token_expires_is_closed_with_4001_token_expired(to
     before, code, reason = await peer.until_close()
     after = await peer.until_ended()
 
-    assert (code, reason) == (messages.CLOSE_UNAUTHORIZED, "token expired")
+    assert (code, reason) == (close_codes.UNAUTHORIZED, "token expired")
     assert json.loads(before[0][1])["type"] == "queue_status"
     assert after == []
 
@@ -372,7 +373,7 @@ async def test_refresh_with_a_later_token_of_the_same_sub_keeps_the_socket_open_
     await refreshing.send({"action": "refresh", "token": later})
     reply = await refreshing.wait_for(lambda m: m["type"] in ("refreshed", "error"))
     # The socket that kept the first token marks the moment the first exp passed.
-    assert await expiring.wait_closed() == messages.CLOSE_UNAUTHORIZED
+    assert await expiring.wait_closed() == close_codes.UNAUTHORIZED
     assert expiring.close_reason == "token expired"
     tag = unique_avid("REFRESHED")
     Emitter(redis_server.url).emit(event(tag, "after-first-exp", owner="alice"))
@@ -414,7 +415,7 @@ async def test_refresh_with_another_subs_or_a_forged_token_is_refused_and_the_ol
     assert errors == [{"code": "invalid_token", "message": message} for _, message in attempts]
     assert not any(m["type"] == "refreshed" for m in client.received)
     assert task_ids_of(client, tag) == [f"{tag}-alice"]
-    assert (code, client.close_reason) == (messages.CLOSE_UNAUTHORIZED, "token expired")
+    assert (code, client.close_reason) == (close_codes.UNAUTHORIZED, "token expired")
 
 
 async def test_refresh_in_open_mode_replies_auth_disabled(server_port):

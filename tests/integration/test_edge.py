@@ -11,6 +11,8 @@ import json
 import redis
 
 from notify_server.protocol import messages
+from notify_server.protocol import task_events
+from notify_server.protocol import close_codes
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server
@@ -21,7 +23,7 @@ from tests.support.tasks import submit, unique_avid
 
 
 def progress(tag: str, number: int) -> dict:
-    return messages.task_progress(f"{tag}-{number}", tag, number, 1_000_000, "")
+    return task_events.task_progress(f"{tag}-{number}", tag, number, 1_000_000, "")
 
 
 def numbers(client: WsClient, tag: str) -> list:
@@ -50,7 +52,7 @@ async def test_after_a_ping_timeout_close_frame_no_data_frame_follows(redis_serv
         assert OPCODE_CLOSE in opcodes, opcodes
         close_at = opcodes.index(OPCODE_CLOSE)
         code, reason = int.from_bytes(seen[close_at][1][:2], "big"), seen[close_at][1][2:]
-        assert (code, reason) == (messages.CLOSE_GOING_AWAY, b"ping timeout")
+        assert (code, reason) == (close_codes.GOING_AWAY, b"ping timeout")
         assert OPCODE_TEXT in opcodes[:close_at]
         assert [op for op in opcodes[close_at + 1:]] == []
         assert sum("no pong" in line for line in server.output) == 1
@@ -159,7 +161,7 @@ async def test_pongs_and_events_arrive_whole_and_in_order_to_a_slow_reader_that_
         emitter = Emitter(redis_server.url)
         pings = []
         for number in range(total):
-            emitter.emit(messages.task_progress(f"PP-{number}", "PINGPONG", number, total,
+            emitter.emit(task_events.task_progress(f"PP-{number}", "PINGPONG", number, total,
                                                 "x" * 1000))
             if number % every == 0:
                 pings.append(b"p%d" % number)

@@ -5,7 +5,7 @@ import json
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from notify_server.worker.emitter import Emitter
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
 from tests.support.client import WsClient
 from tests.support.processes import start_server
 
@@ -18,7 +18,7 @@ async def test_run_py_with_nothing_configured_serves_on_its_embedded_redis():
         await client.send({"action": "ping"})
         await client.wait_for(lambda m: m["type"] == "pong")
 
-        Emitter(redis_url).emit(messages.task_started("t-embedded", "EMB-1"))
+        Emitter(redis_url).emit(task_events.task_started("t-embedded", "EMB-1"))
         event = await client.wait_for(lambda m: m["type"] == "task_started")
         assert event["data"] == {"task_id": "t-embedded", "avid": "EMB-1", "status": "started"}
         assert "id" in event

@@ -6,7 +6,7 @@ import logging
 import orjson
 import redis as redis_py
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
 
 
@@ -14,12 +14,12 @@ def test_emitter_buffers_through_an_outage_and_writes_in_order_when_redis_return
         caplog, make_redis):
     server = make_redis(appendonly=True)
     emitter = Emitter(server.url, buffer_size=5, retry_interval=0.2)
-    emitter.emit(messages.task_started("before", "A"))
+    emitter.emit(task_events.task_started("before", "A"))
     server.kill()
 
     with caplog.at_level(logging.WARNING, logger="notify_server.worker.emitter"):
         for number in range(8):
-            emitter.emit(messages.task_started(f"down-{number}", "A"))
+            emitter.emit(task_events.task_started(f"down-{number}", "A"))
         outage_warnings = [r for r in caplog.records if "cannot write" in r.getMessage()]
         assert len(outage_warnings) == 1
         assert emitter.pending == 5 and emitter.dropped == 3

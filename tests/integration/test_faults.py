@@ -15,7 +15,8 @@ import psutil
 from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
+from notify_server.protocol import close_codes
 from notify_server.dev.embedded_redis import free_port
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
@@ -36,7 +37,7 @@ def kill_tree(pid: int) -> None:
 
 
 def progress(tag: str, number: int, text: str = "") -> dict:
-    return messages.task_progress(f"{tag}-{number}", tag, number, 1_000_000, text)
+    return task_events.task_progress(f"{tag}-{number}", tag, number, 1_000_000, text)
 
 
 def numbers(client: WsClient, tag: str):
@@ -120,7 +121,7 @@ async def test_a_reader_that_stops_reading_is_closed_with_4008_and_others_get_ev
         rss_after = psutil.Process(server.process.pid).memory_info().rss
         await asyncio.get_running_loop().run_in_executor(None, watcher.join, 30)
 
-        assert slow_view["code"] == messages.CLOSE_SLOW
+        assert slow_view["code"] == close_codes.SLOW
         metrics = (await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")).body
         assert b"notify_slow_client_disconnects_total 1.0" in metrics
         assert slow_view["texts"] < total
@@ -166,7 +167,7 @@ async def test_heartbeats_close_dead_peers_and_keep_live_ones(redis_server):
 async def test_a_frame_over_the_size_limit_closes_with_1009(server_port):
     client = await WsClient.connect(server_port)
     await client.send(json.dumps({"action": "ping", "pad": "x" * 70000}))
-    assert await client.wait_closed() == messages.CLOSE_TOO_BIG
+    assert await client.wait_closed() == close_codes.TOO_BIG
 
 
 async def test_a_killed_pool_child_yields_task_failed_and_leaves_active_tasks(
@@ -218,7 +219,7 @@ async def test_a_dead_broker_makes_the_queue_unavailable_but_not_the_server(make
         assert code == 503 and ready["redis"] and not ready["broker"]
 
         client = await WsClient.connect(port)
-        Emitter(redis_server.url).emit(messages.task_started("dead-broker", "DB-1"))
+        Emitter(redis_server.url).emit(task_events.task_started("dead-broker", "DB-1"))
         await client.wait_for(of_task("dead-broker", "task_started"))
         await client.send({"action": "get_queue_status"})
         status = await client.wait_for(lambda m: m["type"] == "queue_status")

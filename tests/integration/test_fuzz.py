@@ -29,7 +29,7 @@ import redis
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
 from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.worker.emitter import Emitter
 from tests.support.processes import start_server
@@ -170,7 +170,7 @@ class FuzzTarget:
     def emit_events(self, tag: str, count: int) -> None:
         emitter = Emitter(self.redis_url)
         for number in range(count):
-            emitter.emit(messages.task_progress(f"{tag}-{number}", tag, number, count, ""))
+            emitter.emit(task_events.task_progress(f"{tag}-{number}", tag, number, count, ""))
         history = redis.Redis.from_url(self.redis_url)
         self.history_ids = [entry_id.decode() for entry_id, _ in
                             history.xrange("notify:events:history")]
@@ -815,7 +815,7 @@ def test_after_the_fuzz_the_server_serves_logs_no_error_and_kept_its_memory(fuzz
     try:
         assert read_message(peer)["type"] == "queue_status"
         emitter = Emitter(fuzz_server.redis_url)
-        emitter.emit(messages.task_started("after-fuzz", "AFTER-FUZZ"))
+        emitter.emit(task_events.task_started("after-fuzz", "AFTER-FUZZ"))
         event = read_message(peer)
         while event["type"] == "queue_status":
             event = read_message(peer)

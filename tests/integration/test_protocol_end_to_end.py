@@ -6,7 +6,7 @@ import uuid
 
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.tasks import submit, unique_avid
@@ -19,7 +19,7 @@ async def receive_a_marker(client: WsClient, redis_url: str, avid: str) -> None:
     is not merely lateness. `avid` lets the marker pass a subscription.
     """
     marker_id = f"marker-{uuid.uuid4().hex[:8]}"
-    Emitter(redis_url).emit(messages.task_progress(marker_id, avid, 1, 1, "marker"))
+    Emitter(redis_url).emit(task_events.task_progress(marker_id, avid, 1, 1, "marker"))
     await client.wait_for(of_task(marker_id, "task_progress"))
 
 

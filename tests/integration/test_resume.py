@@ -3,16 +3,16 @@
 import asyncio
 import threading
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
-from notify_server.protocol.messages import parse_stream_id
+from notify_server.protocol.stream import parse_stream_id
 from tests.support.client import WsClient
 from tests.support.processes import start_server
 
 
 def emit_numbered(emitter: Emitter, first: int, count: int, tag: str) -> None:
     for number in range(first, first + count):
-        emitter.emit(messages.task_progress(f"{tag}-{number}", tag, number, 1_000_000, ""))
+        emitter.emit(task_events.task_progress(f"{tag}-{number}", tag, number, 1_000_000, ""))
 
 
 def numbers(client: WsClient, tag: str):

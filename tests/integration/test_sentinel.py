@@ -23,9 +23,9 @@ import redis.asyncio
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.iostream import StreamClosedError
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
-from notify_server.protocol.messages import parse_stream_id
+from notify_server.protocol.stream import parse_stream_id
 from tests.support.client import WsClient
 from tests.support.processes import ARTIFACTS, Child, start_server
 from tests.support.sentinel import SentinelCluster
@@ -49,7 +49,7 @@ def cluster():
 
 
 def progress(number: int) -> dict:
-    return messages.task_progress(f"{TAG}-{number}", TAG, number, 1_000_000, "")
+    return task_events.task_progress(f"{TAG}-{number}", TAG, number, 1_000_000, "")
 
 
 class Publisher:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from notify_server.protocol import task_events as events
-from notify_server.protocol.messages import parse_event
+from notify_server.protocol.stream import parse_event
 from tests.support.client import WsClient, of_task
 from tests.support.processes import ROOT, Child
 from tests.support.tasks import unique_avid
@@ -186,7 +186,7 @@ async def test_task_of_a_worker_installed_from_the_wheel_reaches_a_websocket_cli
     events.task_progress("t-1", "A", 0.25, 1.0, ""),
 ])
 def test_worker_encoding_is_byte_for_byte_what_the_server_encodes_and_parses(message):
-    encoded = events.encode(message)
+    encoded = events.encode_event(message)
 
     assert encoded == orjson.dumps(message)
     parsed = parse_event(encoded)
@@ -197,6 +197,6 @@ def test_worker_encoding_is_byte_for_byte_what_the_server_encodes_and_parses(mes
 def test_worker_encodes_a_non_finite_progress_as_null_which_the_server_accepts():
     message = events.task_progress("t-1", "A", float("nan"), float("inf"), "")
 
-    parsed = parse_event(events.encode(message))
+    parsed = parse_event(events.encode_event(message))
 
     assert (parsed.data["current"], parsed.data["total"]) == (None, None)

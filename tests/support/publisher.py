@@ -4,13 +4,13 @@ import threading
 import time
 from typing import Optional
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
 
 
 def progress_event(tag: str, number: int) -> dict:
     """The `number`th event of a stream tagged `tag` (its `avid`)."""
-    return messages.task_progress(f"{tag}-{number}", tag, number, 1_000_000, "")
+    return task_events.task_progress(f"{tag}-{number}", tag, number, 1_000_000, "")
 
 
 class Publisher:

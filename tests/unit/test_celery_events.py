@@ -9,8 +9,8 @@ from notify_server.access.auth import Scope
 from notify_server.celery_io.bridge_mapping import CeleryEventMapper
 from notify_server.protocol.framing import payloads
 from notify_server.delivery.hub import Hub
-from notify_server.protocol.messages import Event
-from notify_server.queue.status import with_workers, workers_moved
+from notify_server.protocol.stream import Event
+from notify_server.queue.views import with_workers, workers_moved
 from notify_server.delivery.session import Session
 
 

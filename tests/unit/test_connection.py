@@ -7,7 +7,7 @@ from tornado.iostream import IOStream
 
 from notify_server.edge.connection import CLOSED, CLOSING, OPEN, Connection
 from notify_server.protocol.framing import payloads, text_frame
-from notify_server.protocol.messages import CLOSE_SLOW
+from notify_server.protocol.close_codes import SLOW
 from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig
 from notify_server.server import NotifyServer
 
@@ -66,7 +66,7 @@ async def test_a_reader_that_stops_overflows_once_is_closed_with_4008_and_nothin
 
     [slow] = [call for call in recorder.calls if call[0] == "slow"]
     assert slow[1] > 64 * 1024
-    assert recorder.calls[1:] == [("leave",), ("close", CLOSE_SLOW,
+    assert recorder.calls[1:] == [("leave",), ("close", SLOW,
                                                "slow client: outgoing buffer full")]
     assert connection.state == CLOSING
     received = payloads(read_all(peer))[:-1]  # the last frame may be cut mid-way

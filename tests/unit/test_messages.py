@@ -1,27 +1,29 @@
 import orjson
 import pytest
 
-from notify_server.protocol import messages
+from notify_server.protocol import task_events
+from notify_server.protocol import stream
 from notify_server.protocol.framing import payloads
-from notify_server.protocol.messages import InvalidEvent, ProtocolError, parse_action, parse_event
+from notify_server.protocol.messages import ProtocolError, parse_action
+from notify_server.protocol.stream import InvalidEvent, parse_event
 
 
 def test_task_messages_carry_exactly_the_seed_keys_in_seed_order():
-    assert messages.task_started("t1", "SSIS-950") == {
+    assert task_events.task_started("t1", "SSIS-950") == {
         "type": "task_started", "data": {"task_id": "t1", "avid": "SSIS-950", "status": "started"}}
-    assert list(messages.task_completed("t1", "A", "done")["data"]) == [
+    assert list(task_events.task_completed("t1", "A", "done")["data"]) == [
         "task_id", "avid", "status", "message"]
-    failed = messages.task_failed("t1", "A", "why")
+    failed = task_events.task_failed("t1", "A", "why")
     assert failed["data"]["status"] == "failed" and failed["data"]["message"] == "why"
 
 
 def test_progress_reports_percent_and_survives_zero_total():
-    assert messages.task_progress("t", "A", 3, 12, "m")["data"]["percent"] == 25.0
-    assert messages.task_progress("t", "A", 3, 0, "m")["data"]["percent"] == 0.0
+    assert task_events.task_progress("t", "A", 3, 12, "m")["data"]["percent"] == 25.0
+    assert task_events.task_progress("t", "A", 3, 0, "m")["data"]["percent"] == 0.0
 
 
 def test_event_frame_is_encoded_once_and_carries_its_id():
-    event = messages.Event("task_started", {"task_id": "t"}, id="5-0")
+    event = stream.Event("task_started", {"task_id": "t"}, id="5-0")
     assert event.frame is event.frame
     [payload] = payloads(event.frame)
     assert orjson.loads(payload) == {"type": "task_started", "data": {"task_id": "t"},
@@ -73,18 +75,18 @@ def test_parse_action_reads_each_action():
 
 
 def test_stream_ids_order_numerically_not_lexically():
-    assert messages.parse_stream_id("10-0") > messages.parse_stream_id("9-5")
-    assert messages.parse_stream_id("9-10") > messages.parse_stream_id("9-9")
-    assert messages.parse_stream_id("9") is None and messages.parse_stream_id(9) is None
+    assert stream.parse_stream_id("10-0") > stream.parse_stream_id("9-5")
+    assert stream.parse_stream_id("9-10") > stream.parse_stream_id("9-9")
+    assert stream.parse_stream_id("9") is None and stream.parse_stream_id(9) is None
     # Digits str.isdigit() accepts but int() or Redis refuse, and ids beyond 64 bits.
     for odd in ("²-0", "0-①", "١-٠", f"{2 ** 64}-0", f"0-{2 ** 64}", "+1-0", " 1-0"):
-        assert messages.parse_stream_id(odd) is None, odd
-    assert messages.parse_stream_id(f"{2 ** 64 - 1}-{2 ** 64 - 1}") == (2 ** 64 - 1,) * 2
+        assert stream.parse_stream_id(odd) is None, odd
+    assert stream.parse_stream_id(f"{2 ** 64 - 1}-{2 ** 64 - 1}") == (2 ** 64 - 1,) * 2
 
 
 def test_safe_text_never_raises_and_is_bounded():
     class Broken:
         def __str__(self):
             raise RuntimeError("boom")
-    assert "Broken" in messages.safe_text(Broken())
-    assert len(messages.safe_text("x" * 5000)) == 1000
+    assert "Broken" in task_events.safe_text(Broken())
+    assert len(task_events.safe_text("x" * 5000)) == 1000

@@ -1,4 +1,7 @@
-from notify_server.queue.status import QueueState, for_scope, normalise, subject_of
+from notify_server.protocol.task_events import subject_of
+from notify_server.queue.replies import normalise
+from notify_server.queue.state import QueueState
+from notify_server.queue.views import for_scope
 
 ACTIVE = {"celery@a": [{"id": "t1", "name": "dl", "args": ["SSIS-950"], "kwargs": {},
                         "hostname": "celery@a", "time_start": 1703001234.567,

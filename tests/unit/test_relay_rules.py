@@ -1,6 +1,6 @@
 """The relay's rules (notify_server.delivery.relay_cursor): dedupe, gap fill, resync; no Redis."""
 
-from notify_server.protocol.messages import Event
+from notify_server.protocol.stream import Event
 from notify_server.delivery.relay_cursor import START, RelayCursor
 
 

@@ -8,7 +8,7 @@ from tornado.iostream import IOStream
 
 from notify_server.access.auth import EVERYONE, Scope
 from notify_server.protocol.framing import payloads
-from notify_server.queue.status import normalise
+from notify_server.queue.replies import normalise
 from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig
 from notify_server.server import NotifyServer
 

@@ -3,7 +3,8 @@ import pytest
 
 from notify_server.protocol.framing import payloads, text_frame
 from notify_server.delivery.hub import Hub
-from notify_server.protocol.messages import Event, ProtocolError
+from notify_server.protocol.messages import ProtocolError
+from notify_server.protocol.stream import Event
 from notify_server.delivery.session import Session
 
 

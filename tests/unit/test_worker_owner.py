@@ -55,7 +55,7 @@ def test_owner_of_a_str_or_int_subclass_is_a_plain_value_without_running_its_cod
 def test_owner_is_a_top_level_field_of_the_encoded_event_and_not_in_data():
     message = events.with_owner(events.task_started("t-1", "A"), "alice")
 
-    decoded = json.loads(events.encode(message))
+    decoded = json.loads(events.encode_event(message))
 
     assert decoded == {"type": "task_started",
                        "data": {"task_id": "t-1", "avid": "A", "status": "started"},
@@ -66,7 +66,7 @@ def test_event_without_owner_has_no_owner_field():
     message = events.task_started("t-1", "A")
 
     assert events.with_owner(message, None) is message
-    assert "owner" not in json.loads(events.encode(message))
+    assert "owner" not in json.loads(events.encode_event(message))
 
 
 class RecordingEmitter:
@@ -74,7 +74,7 @@ class RecordingEmitter:
         self.sent = []
 
     def emit(self, message: dict, once=None) -> None:
-        self.sent.append(json.loads(events.encode(message)))
+        self.sent.append(json.loads(events.encode_event(message)))
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """The base of the JSON API endpoints: the seed's envelope for every answer and
 every error, and CORS for the allowed origins."""
 
+import orjson
 import tornado.web
 from tornado.httputil import responses
 from tornado.log import app_log, gen_log
 
-from notify_server.protocol import messages
 
 from .origin import origin_allowed
 
@@ -14,7 +14,7 @@ def write_envelope(handler: tornado.web.RequestHandler, code: int, message: str,
     ``{"code", "message", "data"}`` as JSON (any handler, the socket's too)."""
     handler.set_status(code)
     handler.set_header("Content-Type", "application/json; charset=UTF-8")
-    handler.finish(messages.encode({"code": code, "message": message, "data": data}))
+    handler.finish(orjson.dumps({"code": code, "message": message, "data": data}))
 
 
 def log_exception(handler: tornado.web.RequestHandler, typ, value, tb) -> None:
@@ -83,7 +83,7 @@ class JsonHandler(tornado.web.RequestHandler):
         reason = responses.get(status_code, "error")
         if isinstance(error, tornado.web.HTTPError) and isinstance(error.reason, str):
             reason = error.reason  # a reason the code chose for people, never an internal one
-        self.finish(messages.encode({"code": status_code, "message": reason.lower(),
+        self.finish(orjson.dumps({"code": status_code, "message": reason.lower(),
                                      "data": None}))
 
 
