@@ -1,9 +1,49 @@
-"""Realtime Celery task notifications: the protocol core and its adapters.
+"""Realtime Celery task notifications over WebSocket: a pure core and its adapters.
 
-Pure modules (no I/O): events (stdlib only, shared with workers), messages,
-framing, queue_status, poll_outcome, relay_cursor, session, hub, backoff.
-Adapters: connection (one client socket), heartbeat, relay (Redis
-subscription), history (Redis stream reads), poller (Celery inspect),
-metrics, emitter and worker (the Celery side), server (wiring),
-embedded_redis, children, demo. Nothing here imports `handlers` or `settings`.
+This is the map of the package, one line per subpackage and module; a module
+added without its line fails tests/unit/test_package_map.py. How the parts work
+together, and in which process each one runs: docs/architecture.md. Pure means
+no I/O and no Tornado, Redis, Celery or kombu import; the worker side needs
+only celery and redis; nothing here imports `handlers`, `settings` or `run`
+(tests/unit/test_boundaries.py).
+
+protocol/                     the wire: message shapes, stream ids, frames (pure)
+protocol/framing.py           WebSocket text frames, built once for every client
+protocol/messages.py          server messages built and encoded, client actions parsed
+protocol/names.py             Redis key names and defaults workers and servers share (stdlib)
+protocol/task_events.py       task events as workers write them: shapes, subject, owner (stdlib)
+access/                       who may connect and what they see (pure)
+access/auth.py                JWT tokens verified into scopes: the owners a client sees
+access/limits.py              sockets in all and per address, actions per second
+delivery/                     fan-out to client sessions (pure)
+delivery/hub.py               the open sessions; a broadcast framed once, offered by owner
+delivery/relay_cursor.py      which relayed events are new, where a gap fill starts, resyncs
+delivery/session.py           one client's filter, scope and held live events during a resume
+queue/                        the queue snapshot's rules (pure)
+queue/poll_outcome.py         what one inspect poll means: publish, poll again or stale
+queue/status.py               inspect replies as queue_status data, views per scope, the state
+redis_io/                     Redis adapters (redis.asyncio)
+redis_io/backoff.py           reconnect delays: exponential backoff with full jitter (pure)
+redis_io/clients.py           where Redis is: one URL, or the primary Sentinel names
+redis_io/history.py           reads of the event history stream, for gap fills and resumes
+redis_io/lease.py             the renewed lease that makes one server process the leader
+redis_io/relay.py             the one subscription: events and shared snapshots in, gaps filled
+celery_io/                    Celery adapters, each running Celery in a helper process
+celery_io/bridge.py           the bridge helper: Celery's event stream written as task events
+celery_io/bridge_mapping.py   Celery's events as protocol events, and the worker table (pure)
+celery_io/poller.py           the inspect helper: active, scheduled, reserved and queue depths
+edge/                         the Tornado socket edge
+edge/connection.py            one client socket: open, closing or closed, and the writes to it
+edge/heartbeat.py             protocol pings for every open socket from one timer
+worker/                       what a Celery worker installs (protocol, stdlib, celery, redis)
+worker/emitter.py             writes events to the history stream and channel in one script
+worker/hook.py                install(app): Celery signals in, task events out
+dev/                          for development only
+dev/demo.py                   the demo Celery app and its task producer
+dev/embedded_redis.py         a private redis-server for when no Redis is configured
+dashboard/                    the dashboard page, its script and the JS client (static files)
+config.py                     ServerConfig and its parts: frozen, with defaults (pure)
+server.py                     NotifyServer: the wiring of hub, relay, poller, lease and bridge
+metrics.py                    Prometheus metrics of one server process
+children.py                   child processes the server starts, stopped with it
 """
