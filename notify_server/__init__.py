@@ -8,26 +8,35 @@ only celery and redis; nothing here imports `handlers`, `settings` or `run`
 (tests/unit/test_boundaries.py).
 
 protocol/                     the wire: message shapes, stream ids, frames (pure)
+protocol/close_codes.py       every close code and reason the server sends, one table
 protocol/framing.py           WebSocket text frames, built once for every client
-protocol/messages.py          server messages built and encoded, client actions parsed
+protocol/messages.py          server replies built and encoded, client actions parsed
 protocol/names.py             Redis key names and defaults workers and servers share (stdlib)
+protocol/stream.py            events read from Redis, with their stream ids; frames joined
 protocol/task_events.py       task events as workers write them: shapes, subject, owner (stdlib)
 access/                       who may connect and what they see (pure)
+access/admission.py           who is admitted: tokens, connection limits, rates, expiry
 access/auth.py                JWT tokens verified into scopes: the owners a client sees
 access/limits.py              sockets in all and per address, actions per second
 delivery/                     fan-out to client sessions (pure)
 delivery/hub.py               the open sessions; a broadcast framed once, offered by owner
+delivery/queue_views.py       queue_status frames per scope's view, and whom a change reaches
 delivery/relay_cursor.py      which relayed events are new, where a gap fill starts, resyncs
 delivery/session.py           one client's filter, scope and held live events during a resume
 queue/                        the queue snapshot's rules (pure)
 queue/poll_outcome.py         what one inspect poll means: publish, poll again or stale
-queue/status.py               inspect replies as queue_status data, views per scope, the state
+queue/replies.py              inspect replies and queue depths as queue_status data
+queue/snapshot.py             the format of the snapshot the leader shares through Redis
+queue/state.py                the last snapshot and whether it is current
+queue/views.py                what a scope sees of the data; the bridge's workers merged in
 redis_io/                     Redis adapters (redis.asyncio)
 redis_io/backoff.py           reconnect delays: exponential backoff with full jitter (pure)
 redis_io/clients.py           where Redis is: one URL, or the primary Sentinel names
 redis_io/history.py           reads of the event history stream, for gap fills and resumes
 redis_io/lease.py             the renewed lease that makes one server process the leader
 redis_io/relay.py             the one subscription: events and shared snapshots in, gaps filled
+redis_io/resume.py            client resumes: the history after a last id, then live
+redis_io/snapshot_store.py    the queue snapshot: written by the leader, adopted by all
 celery_io/                    Celery adapters, each running Celery in a helper process
 celery_io/bridge.py           the bridge helper: Celery's event stream written as task events
 celery_io/bridge_mapping.py   Celery's events as protocol events, and the worker table (pure)
@@ -43,7 +52,7 @@ dev/demo.py                   the demo Celery app and its task producer
 dev/embedded_redis.py         a private redis-server for when no Redis is configured
 dashboard/                    the dashboard page, its script and the JS client (static files)
 config.py                     ServerConfig and its parts: frozen, with defaults (pure)
-server.py                     NotifyServer: the wiring of hub, relay, poller, lease and bridge
+server.py                     NotifyServer: builds every part, wires their callbacks, runs them
 metrics.py                    Prometheus metrics of one server process
 children.py                   child processes the server starts, stopped with it
 """
