@@ -37,8 +37,8 @@ class Resumer:
         self._running: Set[asyncio.Task] = set()  # a Task needs a reference
 
     def start(self, session: Session, last_event_id: str) -> None:
-        """Hold `session`'s live events and replay in the background; see `resume`."""
-        session.hold()
+        """Replay in the background to `session`, which already holds its live
+        events (`Session.hold`); see `resume`."""
         task = asyncio.get_running_loop().create_task(self.resume(session, last_event_id))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
