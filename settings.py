@@ -75,37 +75,43 @@ def _identifier(value: str) -> str:
     return value
 
 
-def _port(value: str) -> int:
-    port = int(value) if value.strip().isdigit() else -1
-    if not 0 <= port <= 65535:
-        raise ValueError("must be an integer from 0 to 65535 (0 picks a free port)")
-    return port
-
-
-def _positive_int(value: str) -> int:
-    number = int(value) if value.strip().isdigit() else 0
-    if number <= 0:
-        raise ValueError("must be a whole number of bytes greater than 0")
-    return number
-
-
-def _count(minimum: int, meaning: str) -> Callable[[str], int]:
+def _whole(rule: str, minimum: int, maximum: float = math.inf) -> Callable[[str], int]:
+    """Digits only (no sign, no `_`), from `minimum` to `maximum`; else ValueError(rule)."""
     def parse(value: str) -> int:
         number = int(value) if value.strip().isdigit() else -1
-        if number < minimum:
-            raise ValueError(f"must be a whole number, at least {minimum}{meaning}")
+        if not minimum <= number <= maximum:
+            raise ValueError(rule)
         return number
     return parse
 
 
-def _rate(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError("must be a number of actions per second greater than 0")
-    return number
+def _count(minimum: int, meaning: str) -> Callable[[str], int]:
+    return _whole(f"must be a whole number, at least {minimum}{meaning}", minimum)
+
+
+_port = _whole("must be an integer from 0 to 65535 (0 picks a free port)", 0, 65535)
+_positive_int = _whole("must be a whole number of bytes greater than 0", 1)
+
+
+def _real(rule: str, minimum: float, inclusive: bool) -> Callable[[str], float]:
+    """A finite number above `minimum` (or at it, when `inclusive`); else ValueError(rule)."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
+            raise ValueError(rule)
+        return number
+    return parse
+
+
+def _seconds(minimum: float, inclusive: bool) -> Callable[[str], float]:
+    allowed = f"{'at least' if inclusive else 'greater than'} {minimum:g}"
+    return _real(f"must be a number of seconds {allowed}", minimum, inclusive)
+
+
+_rate = _real("must be a number of actions per second greater than 0", 0, inclusive=False)
 
 
 def _secrets(value: str) -> tuple:
@@ -122,20 +128,6 @@ def _leeway(value: str) -> float:
     if number > MAX_LEEWAY:
         raise ValueError(f"must be a number of seconds from 0 to {MAX_LEEWAY:g}")
     return number
-
-
-def _seconds(minimum: float, inclusive: bool) -> Callable[[str], float]:
-    allowed = f"{'at least' if inclusive else 'greater than'} {minimum:g}"
-
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
-            raise ValueError(f"must be a number of seconds {allowed}")
-        return number
-    return parse
 
 
 def _bool(value: str) -> bool:
