@@ -1,9 +1,10 @@
 """The server's settings: one immutable object, built once and handed down.
 
-Every setting has an environment variable and a command-line flag; the flag wins.
-`Settings` holds the defaults; `SETTINGS` names each one's variable, parser and
-meaning. The flag parser is built from them; a unit test keeps the README's
-configuration table in step.
+Every setting is declared once, in `SETTINGS`: its environment variable, the
+rule its value must meet, its meaning, and either the `ServerConfig` field it
+is copied to (whose default it takes) or its own default. The `Settings`
+class, the flags of run.py and the README's configuration table
+(`config_table()`) are all derived from that. A flag wins over its variable.
 """
 
 import argparse
@@ -27,16 +28,47 @@ class SettingError(ValueError):
     flag, the value and what is allowed, on one line."""
 
 
+def config_field(path: str) -> dataclasses.Field:
+    """The field of `ServerConfig` that `path` names: "celery.poll_interval",
+    or "leader_ttl" for one of its own. KeyError for a name it lacks."""
+    config = ServerConfig
+    *parts, name = path.split(".")
+    for part in parts:
+        config = {field.name: field for field in dataclasses.fields(config)}[part].type
+    return {field.name: field for field in dataclasses.fields(config)}[name]
+
+
+_UNSET = object()  # a Setting without its own default
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
+    """One setting. With `to` its value is copied to that `ServerConfig`
+    field and its default is that field's; without, it keeps its own
+    `default` (a web-only setting, or one that reaches the core through a rule
+    of `Settings.server_config`). Never both: a default lives in one place."""
+
     name: str
     env: str
-    parse: Callable[[str], Any]  # raises ValueError saying what is allowed
-    help: str
+    parse: Callable[[str], Any]  # raises ValueError saying what is allowed ("must be ...")
+    help: str                    # Markdown, as the README's table shows it
+    to: Optional[str] = None
+    default: Any = _UNSET
+
+    def __post_init__(self) -> None:
+        if (self.to is None) == (self.default is _UNSET):
+            raise TypeError(f"setting {self.name}: give exactly one of `to` and `default`")
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    def field(self) -> dataclasses.Field:
+        """The field `Settings` holds it in, with its default."""
+        if self.to is None:
+            return dataclasses.field(default=self.default)
+        source = config_field(self.to)
+        return dataclasses.field(default=source.default, default_factory=source.default_factory)
 
 
 def _text(value: str) -> str:
@@ -75,37 +107,43 @@ def _identifier(value: str) -> str:
     return value
 
 
-def _port(value: str) -> int:
-    port = int(value) if value.strip().isdigit() else -1
-    if not 0 <= port <= 65535:
-        raise ValueError("must be an integer from 0 to 65535 (0 picks a free port)")
-    return port
-
-
-def _positive_int(value: str) -> int:
-    number = int(value) if value.strip().isdigit() else 0
-    if number <= 0:
-        raise ValueError("must be a whole number of bytes greater than 0")
-    return number
-
-
-def _count(minimum: int, meaning: str) -> Callable[[str], int]:
+def _whole(rule: str, minimum: int, maximum: float = math.inf) -> Callable[[str], int]:
+    """Digits only (no sign, no `_`), from `minimum` to `maximum`; else ValueError(rule)."""
     def parse(value: str) -> int:
         number = int(value) if value.strip().isdigit() else -1
-        if number < minimum:
-            raise ValueError(f"must be a whole number, at least {minimum}{meaning}")
+        if not minimum <= number <= maximum:
+            raise ValueError(rule)
         return number
     return parse
 
 
-def _rate(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError("must be a number of actions per second greater than 0")
-    return number
+def _count(minimum: int, meaning: str) -> Callable[[str], int]:
+    return _whole(f"must be a whole number, at least {minimum}{meaning}", minimum)
+
+
+_port = _whole("must be an integer from 0 to 65535 (0 picks a free port)", 0, 65535)
+_positive_int = _whole("must be a whole number of bytes greater than 0", 1)
+
+
+def _real(rule: str, minimum: float, inclusive: bool) -> Callable[[str], float]:
+    """A finite number above `minimum` (or at it, when `inclusive`); else ValueError(rule)."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
+            raise ValueError(rule)
+        return number
+    return parse
+
+
+def _seconds(minimum: float, inclusive: bool) -> Callable[[str], float]:
+    allowed = f"{'at least' if inclusive else 'greater than'} {minimum:g}"
+    return _real(f"must be a number of seconds {allowed}", minimum, inclusive)
+
+
+_rate = _real("must be a number of actions per second greater than 0", 0, inclusive=False)
 
 
 def _secrets(value: str) -> tuple:
@@ -122,20 +160,6 @@ def _leeway(value: str) -> float:
     if number > MAX_LEEWAY:
         raise ValueError(f"must be a number of seconds from 0 to {MAX_LEEWAY:g}")
     return number
-
-
-def _seconds(minimum: float, inclusive: bool) -> Callable[[str], float]:
-    allowed = f"{'at least' if inclusive else 'greater than'} {minimum:g}"
-
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
-            raise ValueError(f"must be a number of seconds {allowed}")
-        return number
-    return parse
 
 
 def _bool(value: str) -> bool:
@@ -180,150 +204,119 @@ def _log_level(value: str) -> str:
 
 SETTINGS = (
     Setting("host", "NOTIFY_HOST", _text,
-            "address to listen on (localhost binds both 127.0.0.1 and ::1)"),
-    Setting("port", "NOTIFY_PORT", _port, "port to listen on"),
+            "address to listen on (localhost binds both 127.0.0.1 and ::1)", default="localhost"),
+    Setting("port", "NOTIFY_PORT", _port,
+            "port to listen on (0 picks a free one and prints it)", default=8000),
     Setting("redis_url", "REDIS_URL", _redis_url,
-            "Redis for events; unset starts an embedded redis-server"),
+            "Redis for events; unset starts an embedded redis-server", to="redis.url"),
     Setting("redis_sentinels", "NOTIFY_REDIS_SENTINELS", _sentinels,
-            "Redis Sentinel addresses (host:port, comma-separated): Redis is the primary they "
-            "name, followed through failovers; REDIS_URL then gives only the db and password"),
+            "Redis Sentinel addresses, `host:port` comma-separated: Redis is the primary they "
+            "name, followed through failovers (`REDIS_URL`, if set, then gives only the "
+            "database and password)", to="redis.sentinels"),
     Setting("redis_master", "NOTIFY_REDIS_MASTER", _text,
-            "name of the master the sentinels watch"),
+            "the master name the sentinels watch", default="mymaster"),
     Setting("broker_url", "CELERY_BROKER_URL", _broker_url,
-            "Celery broker the poller inspects; defaults to the Redis URL"),
+            "Celery broker the poller inspects; defaults to the Redis URL", default=None),
     Setting("broker_transport_options", "NOTIFY_BROKER_TRANSPORT_OPTIONS", _json_object,
-            "the workers' Celery broker_transport_options as a JSON object (global_keyprefix, "
-            "sep, priority_steps, master_name); the poller's own socket timeouts win"),
+            "your Celery app's `broker_transport_options` as a JSON object, e.g. "
+            '`{"global_keyprefix": "app:", "priority_steps": [0, 3, 6, 9]}`: inspect and the '
+            "queue depths then use the broker keys your workers use; the poller's own "
+            "`socket_timeout`, `socket_connect_timeout` and `max_retries` replace yours (a poll "
+            "must fail fast); your `master_name` wins over `NOTIFY_REDIS_MASTER`",
+            to="celery.broker_transport_options"),
     Setting("queues", "NOTIFY_QUEUES", _queue_names,
-            "queues whose depth queue_status always lists, comma-separated; the workers' "
-            "queues are added as found"),
-    Setting("prefix", "NOTIFY_PREFIX", _text, "prefix of the Redis keys: PREFIX:events and PREFIX:events:history"),
+            "queues `queue_status.queues` always lists, comma-separated (empty: only the "
+            "workers' queues); see [Queue depth](#queue-depth)", to="celery.queues"),
+    Setting("prefix", "NOTIFY_PREFIX", _text,
+            "prefix of the Redis keys: PREFIX:events and PREFIX:events:history",
+            to="redis.prefix"),
     Setting("subject_arg", "NOTIFY_SUBJECT_ARG", _identifier,
-            "keyword argument that names a task's subject (avid); else the first positional"),
+            "keyword argument that names a task's subject (avid); else the first positional",
+            to="celery.subject_arg"),
     Setting("poll_interval", "NOTIFY_POLL_INTERVAL", _seconds(0, inclusive=False),
-            "seconds between Celery inspect polls"),
+            "seconds between Celery inspect polls", to="celery.poll_interval"),
     Setting("inspect_timeout", "NOTIFY_INSPECT_TIMEOUT", _seconds(0, inclusive=False),
-            "seconds an inspect call waits for worker replies"),
+            "seconds an inspect call waits for worker replies", to="celery.inspect_timeout"),
     Setting("discovery_interval", "NOTIFY_DISCOVERY_INTERVAL", _seconds(0, inclusive=False),
-            "seconds between polls that wait the full timeout to find new workers"),
+            "seconds between polls that wait the full timeout to find new workers",
+            to="celery.discovery_interval"),
     Setting("refresh_delay", "NOTIFY_REFRESH_DELAY", _seconds(0, inclusive=True),
-            "debounce before an extra poll after a task event"),
+            "debounce before an extra poll after a task event", to="celery.refresh_delay"),
     Setting("max_message_size", "NOTIFY_MAX_MESSAGE_SIZE", _positive_int,
-            "largest inbound WebSocket frame in bytes; larger closes with 1009"),
+            "largest inbound WebSocket frame in bytes; larger closes with 1009", default=65536),
     Setting("max_client_buffer", "NOTIFY_MAX_CLIENT_BUFFER", _positive_int,
-            "bytes a client may leave unread before it is closed with 4008 (slow)"),
+            "bytes a client may leave unread before it is closed with 4008 (slow)",
+            to="sockets.max_client_buffer"),
     Setting("ping_interval", "NOTIFY_PING_INTERVAL", _seconds(0, inclusive=True),
-            "seconds between WebSocket pings (0 disables)"),
+            "seconds between WebSocket pings (0 disables)", to="sockets.ping_interval"),
     Setting("ping_timeout", "NOTIFY_PING_TIMEOUT", _seconds(0, inclusive=False),
-            "seconds without a pong before a peer is closed as dead (at most the ping interval)"),
+            "seconds without a pong before a peer is closed as dead (at most the ping interval)",
+            to="sockets.ping_timeout"),
     Setting("shutdown_timeout", "NOTIFY_SHUTDOWN_TIMEOUT", _seconds(0, inclusive=True),
-            "seconds SIGTERM waits for clients to close before exiting"),
+            "seconds SIGTERM waits for clients to close before exiting", default=5.0),
     Setting("allowed_origins", "NOTIFY_ALLOWED_ORIGINS", _origins,
-            "comma-separated Origin values allowed to open a socket; * allows any"),
+            "comma-separated Origin values allowed to open a socket; * allows any",
+            default=("*",)),
     Setting("auth_secret", "NOTIFY_AUTH_SECRET", _secrets,
-            "HS256 secret(s) for client tokens, comma-separated (any verifies); "
-            "unset: open mode, no token needed"),
+            "HS256 secret(s) for client tokens, comma-separated, each at least "
+            f"{MIN_SECRET_LENGTH} characters (any verifies: rotation); unset is open mode, see "
+            "[Tokens and per-user scoping](#tokens-and-per-user-scoping)",
+            to="access.auth_secrets"),
     Setting("auth_leeway", "NOTIFY_AUTH_LEEWAY", _leeway,
-            "seconds of clock skew allowed on a token's exp and nbf (0 to 30)"),
+            "seconds of clock skew allowed on a token's `exp` and `nbf` "
+            f"(0 to {MAX_LEEWAY:g})", to="access.auth_leeway"),
     Setting("owner_arg", "NOTIFY_OWNER_ARG", _identifier,
-            "keyword argument that names a task's owner (matched against token owners)"),
-    Setting("metrics_token", "NOTIFY_METRICS_TOKEN", lambda value: value.strip(),
-            "bearer token /metrics requires; empty leaves /metrics open"),
+            "keyword argument that names a task's owner (workers read the same variable)",
+            to="celery.owner_arg"),
+    Setting("metrics_token", "NOTIFY_METRICS_TOKEN", str.strip,
+            "bearer token `/metrics` requires; unset leaves `/metrics` open", default=""),
     Setting("max_connections", "NOTIFY_MAX_CONNECTIONS", _count(0, " (0: no limit)"),
-            "open sockets in all; more get 503 before the upgrade"),
+            "open sockets in all; more get 503 before the upgrade (0: no limit)",
+            to="access.max_connections"),
     Setting("max_connections_per_ip", "NOTIFY_MAX_CONNECTIONS_PER_IP",
             _count(0, " (0: no limit)"),
-            "open sockets per client address; more get 429 before the upgrade"),
+            "open sockets per client address; more get 429 before the upgrade (0: no limit). "
+            "Behind a proxy, the address is the client's only with `NOTIFY_XHEADERS`",
+            to="access.max_connections_per_ip"),
     Setting("action_rate", "NOTIFY_ACTION_RATE", _rate,
-            "actions a socket may send per second; more get rate_limited"),
+            "actions a socket may send per second; more get an `error` `rate_limited`",
+            to="access.action_rate"),
     Setting("action_burst", "NOTIFY_ACTION_BURST", _count(1, ""),
-            "actions a socket may send at once; this many refused in a row close it with 1008"),
+            "actions a socket may send at once; this many refused in a row close it with 1008",
+            to="access.action_burst"),
     Setting("max_subscribe", "NOTIFY_MAX_SUBSCRIBE", _count(1, ""),
-            "task ids and subjects one subscribe may name"),
+            "task ids and subjects one `subscribe` may name", to="access.max_subscribe"),
     Setting("max_header_size", "NOTIFY_MAX_HEADER_SIZE", _count(1024, " bytes"),
-            "largest HTTP request head (request line and headers, the ?token= too)"),
+            "largest HTTP request head in bytes (request line with `?token=`, and headers); a "
+            "larger one is dropped unanswered", default=16384),
     Setting("header_timeout", "NOTIFY_HEADER_TIMEOUT", _seconds(0, inclusive=False),
-            "seconds a client may take to send its request headers (and stay idle on HTTP)"),
+            "seconds a client may take to send its request headers (and an HTTP connection "
+            "may stay idle)", default=10.0),
     Setting("leader_ttl", "NOTIFY_LEADER_TTL", _seconds(0.3, inclusive=True),
-            "seconds the poller lease lasts: of all processes on one Redis, its holder polls "
-            "inspect; a dead one is replaced within twice this"),
+            "seconds the poller lease lasts: of all processes on one Redis only its holder "
+            "polls inspect; a dead holder is replaced within twice this (see "
+            "[Several processes](#several-processes-one-poller))", to="leader_ttl"),
     Setting("celery_events", "NOTIFY_CELERY_EVENTS", _bool,
-            "bridge Celery's own events (workers started with -E) to clients: no worker "
-            "hook needed"),
+            "bridge Celery's own event stream (workers started with `-E`) to clients: no "
+            "worker hook needed (see [Zero-code Celery](#zero-code-celery-celerys-own-events))",
+            to="celery.events"),
     Setting("enable_events", "NOTIFY_ENABLE_EVENTS", _bool,
-            "send Celery's enable_events to all workers every 5 s (for workers started "
-            "without -E); turns the bridge on"),
+            "send Celery's `enable_events` to all workers every 5 s, for workers started "
+            "without `-E`; turns the bridge on", to="celery.enable_events"),
     Setting("history_maxlen", "NOTIFY_HISTORY_MAXLEN", _positive_int,
-            "events the history keeps (approximately) when the bridge writes; give workers "
-            "the same"),
-    Setting("log_level", "NOTIFY_LOG_LEVEL", _log_level, "logging level"),
+            "events the history keeps (about) when the bridge writes; give the workers' hook "
+            "the same", to="redis.history_maxlen"),
+    Setting("log_level", "NOTIFY_LOG_LEVEL", _log_level, "logging level", default="INFO"),
     Setting("xheaders", "NOTIFY_XHEADERS", _bool,
-            "trust X-Real-IP/X-Forwarded-For and X-Forwarded-Proto from a reverse proxy"),
+            "trust X-Real-IP/X-Forwarded-For and X-Forwarded-Proto from a reverse proxy (set "
+            "it only behind one, see Deployment)", default=False),
     Setting("demo", "NOTIFY_DEMO", _bool,
-            "also start a Celery worker on the demo app and a task producer"),
+            "also start a Celery worker on the demo app and a task producer", default=False),
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    host: str = "localhost"
-    port: int = 8000
-    redis_url: Optional[str] = None
-    redis_sentinels: tuple = ()
-    redis_master: str = "mymaster"
-    broker_url: Optional[str] = None
-    broker_transport_options: dict = dataclasses.field(default_factory=dict)
-    queues: tuple = ("celery",)
-    prefix: str = "notify"
-    subject_arg: str = "avid"
-    poll_interval: float = 2.0
-    inspect_timeout: float = 1.0
-    discovery_interval: float = 30.0
-    refresh_delay: float = 0.2
-    max_message_size: int = 65536
-    max_client_buffer: int = 1024 * 1024
-    ping_interval: float = 25.0
-    ping_timeout: float = 10.0
-    shutdown_timeout: float = 5.0
-    allowed_origins: tuple = ("*",)
-    auth_secret: tuple = ()
-    auth_leeway: float = 5.0
-    owner_arg: str = "user_id"
-    metrics_token: str = ""
-    max_connections: int = 10000
-    max_connections_per_ip: int = 500
-    action_rate: float = 20.0
-    action_burst: int = 40
-    max_subscribe: int = 1000
-    max_header_size: int = 16384
-    header_timeout: float = 10.0
-    leader_ttl: float = 5.0
-    celery_events: bool = False
-    enable_events: bool = False
-    history_maxlen: int = 10000
-    log_level: str = "INFO"
-    xheaders: bool = False
-    demo: bool = False
-
-    @property
-    def events_channel(self) -> str:
-        return f"{self.prefix}:events"
-
-    @property
-    def history_stream(self) -> str:
-        return f"{self.prefix}:events:history"
-
-    @property
-    def queue_channel(self) -> str:
-        return f"{self.prefix}:queue"
-
-    @property
-    def queue_key(self) -> str:
-        return f"{self.prefix}:queue:snapshot"
-
-    @property
-    def leader_key(self) -> str:
-        return f"{self.prefix}:poller:leader"
+class _Derived:
+    """What `Settings` derives from its values: the broker, Redis, the core's config."""
 
     @property
     def effective_broker_url(self) -> Optional[str]:
@@ -343,44 +336,64 @@ class Settings:
     def server_config(self, instance: str) -> ServerConfig:
         """What the core needs; `redis_url` must be set (run.py fills it in).
         `instance` names this process (host:port:pid) to the others."""
-        return ServerConfig(
-            redis=RedisConfig(url=self.redis_url, sentinels=self.redis_sentinels,
-                              master=self.redis_master if self.redis_sentinels else None,
-                              prefix=self.prefix, history_maxlen=self.history_maxlen),
-            celery=CeleryConfig(
-                broker_url=self.effective_broker_url,
-                broker_transport_options=self.broker_transport_options, queues=self.queues,
-                subject_arg=self.subject_arg, owner_arg=self.owner_arg,
-                poll_interval=self.poll_interval, inspect_timeout=self.inspect_timeout,
-                discovery_interval=self.discovery_interval, refresh_delay=self.refresh_delay,
-                # Enabling events only makes sense to read them: it turns the bridge on.
-                events=self.celery_events or self.enable_events,
-                enable_events=self.enable_events),
-            sockets=SocketConfig(max_client_buffer=self.max_client_buffer,
-                                 ping_interval=self.ping_interval,
-                                 ping_timeout=self.ping_timeout),
-            access=AccessConfig(
-                auth_secrets=self.auth_secret, auth_leeway=self.auth_leeway,
-                max_connections=self.max_connections,
-                max_connections_per_ip=self.max_connections_per_ip,
-                action_rate=self.action_rate, action_burst=self.action_burst,
-                max_subscribe=self.max_subscribe),
-            leader_ttl=self.leader_ttl, instance=instance)
+        parts = {"redis": {}, "celery": {}, "sockets": {}, "access": {}, "": {}}
+        for setting in SETTINGS:
+            if setting.to is not None:
+                part, _, name = setting.to.rpartition(".")
+                parts[part][name] = getattr(self, setting.name)
+        # The rules: the master counts only behind sentinels; the broker defaults to the
+        # events' Redis; enabling events only makes sense to read them: it turns the bridge on.
+        parts["redis"]["master"] = self.redis_master if self.redis_sentinels else None
+        parts["celery"]["broker_url"] = self.effective_broker_url
+        parts["celery"]["events"] = self.celery_events or self.enable_events
+        return ServerConfig(redis=RedisConfig(**parts["redis"]),
+                            celery=CeleryConfig(**parts["celery"]),
+                            sockets=SocketConfig(**parts["sockets"]),
+                            access=AccessConfig(**parts["access"]),
+                            instance=instance, **parts[""])
+
+
+Settings = dataclasses.make_dataclass(
+    "Settings", [(setting.name, Any, setting.field()) for setting in SETTINGS],
+    bases=(_Derived,), frozen=True, namespace={
+        "__module__": __name__,
+        "__doc__": "Every setting's value, by name (`settings.port`); defaults as declared."})
+
+
+def _shown(value: Any) -> str:
+    """A default as the README's table shows it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or (isinstance(value, (str, tuple, dict)) and not value):
+        return "(unset)"
+    return f"`{','.join(value) if isinstance(value, tuple) else value}`"
+
+
+def config_table() -> str:
+    """The README's configuration table, in Markdown, from `SETTINGS`."""
+    defaults = Settings()
+    rows = [f"| `{setting.env}` | `{setting.flag}` | {_shown(getattr(defaults, setting.name))} "
+            f"| {setting.help} |" for setting in SETTINGS]
+    return "\n".join(["| variable | flag | default | meaning |", "| --- | --- | --- | --- |",
+                      *rows]) + "\n"
+
+
+def _plain(markdown: str) -> str:
+    """`markdown` for --help: a link to a README section names it, code loses its ticks."""
+    return re.sub(r"\[([^\]]+)\]\(#[^)]*\)", r"\1 in the README", markdown).replace("`", "")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Flags as raw strings (None when absent): `load` parses and checks them,
-    so a flag and its variable get the same one-line error."""
+    """Flags as raw strings (None when absent; switches True or False): `load`
+    parses and checks them, so a flag and its variable get the same one-line error."""
     parser = argparse.ArgumentParser(
         prog="run.py", description="Realtime Celery task notifications over WebSocket.")
+    defaults = Settings()
     for setting in SETTINGS:
-        if setting.parse is _bool:
-            parser.add_argument(setting.flag, dest=setting.name, default=None,
-                                action=argparse.BooleanOptionalAction,
-                                help=f"{setting.help} (env {setting.env})")
-        else:
-            parser.add_argument(setting.flag, dest=setting.name, default=None,
-                                help=f"{setting.help} (env {setting.env})")
+        action = argparse.BooleanOptionalAction if setting.parse is _bool else "store"
+        shown = _plain(_shown(getattr(defaults, setting.name))).replace("(unset)", "unset")
+        parser.add_argument(setting.flag, dest=setting.name, default=None, action=action,
+                            help=f"{_plain(setting.help)} (env {setting.env}, default: {shown})")
     return parser
 
 

@@ -1,6 +1,6 @@
 """The README and the protocol reference: what they promise matches the tree.
 
-The README's configuration table lists every setting the server reads, it
+The README's configuration table is the one rendered from the settings, it
 opens with the commands a newcomer runs, every relative link in it and in
 docs/protocol.md leads to a file a fresh clone has, the protocol quotes the
 emitter's script as it is, and no code or document cites the external contract.
@@ -30,10 +30,20 @@ CITING_PLACES = ("README.md", "docs", "notify_server", "handlers")
 STALE_REFERENCE = "PROTOCOL.md"  # case-sensitive: docs/protocol.md does not match
 
 
-def test_readme_documents_every_setting_with_its_variable_and_flag():
-    for setting in settings.SETTINGS:
-        row = f"| `{setting.env}` | `{setting.flag}` |"
-        assert any(line.startswith(row) for line in README.splitlines()), row
+def readme_config_table() -> str:
+    """The README's table that starts with the configuration table's header, as written."""
+    lines = README.splitlines(keepends=True)
+    header = settings.config_table().splitlines(keepends=True)[0]
+    start = lines.index(header) if header in lines else len(lines)
+    end = next((number for number in range(start, len(lines))
+                if not lines[number].startswith("|")), len(lines))
+    return "".join(lines[start:end])
+
+
+def test_readme_configuration_table_is_the_one_rendered_from_the_settings():
+    assert readme_config_table() == settings.config_table(), (
+        "README.md's configuration table differs from the settings' declarations; paste in "
+        'the output of: python -c "import settings; print(settings.config_table())"')
 
 
 def test_readme_opens_with_run_then_dashboard_then_test_command():
