@@ -15,6 +15,7 @@ import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from notify_server.access.auth import MIN_SECRET_LENGTH
+from notify_server.protocol.names import DEFAULT_SENTINEL_MASTER, parse_addresses
 from notify_server.redis_io.clients import RedisLocation, sentinel_broker_url
 from notify_server.config import (AccessConfig, CeleryConfig, RedisConfig, ServerConfig,
                                   SocketConfig)
@@ -91,14 +92,11 @@ def _redis_url(value: str) -> Optional[str]:
 
 
 def _sentinels(value: str) -> tuple:
-    addresses = []
-    for part in (p.strip() for p in value.split(",") if p.strip()):
-        host, _, port = part.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be comma-separated host:port addresses of Redis Sentinels, "
-                             "such as 10.0.0.1:26379,10.0.0.2:26379, or empty")
-        addresses.append((host.strip("[]"), int(port)))
-    return tuple(addresses)
+    try:
+        return parse_addresses(value)
+    except ValueError:
+        raise ValueError("must be comma-separated host:port addresses of Redis Sentinels, "
+                         "such as 10.0.0.1:26379,10.0.0.2:26379, or empty") from None
 
 
 def _identifier(value: str) -> str:
@@ -214,7 +212,7 @@ SETTINGS = (
             "name, followed through failovers (`REDIS_URL`, if set, then gives only the "
             "database and password)", to="redis.sentinels"),
     Setting("redis_master", "NOTIFY_REDIS_MASTER", _text,
-            "the master name the sentinels watch", default="mymaster"),
+            "the master name the sentinels watch", default=DEFAULT_SENTINEL_MASTER),
     Setting("broker_url", "CELERY_BROKER_URL", _broker_url,
             "Celery broker the poller inspects; defaults to the Redis URL", default=None),
     Setting("broker_transport_options", "NOTIFY_BROKER_TRANSPORT_OPTIONS", _json_object,
