@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 from playwright.sync_api import expect
 
-from tests.support.network import free_port
 from tests.support.nginx import Nginx
 from tests.support.processes import start_server
 from tests.support.tasks import submit, unique_avid
+from tests.support.wsframes import free_port
 
 
 @pytest.fixture(scope="module")

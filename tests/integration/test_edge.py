@@ -14,10 +14,10 @@ from notify_server.protocol import messages
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server
-from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, upgrade,
-                                  raw_handshake, read_until_eof, reset, send_frame,
-                                  split_frames)
+from tests.support.raw_peer import raw_handshake, reset, upgrade
 from tests.support.tasks import submit, unique_avid
+from tests.support.wsframes import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT,
+                                    client_frame, parse_close, read_until_eof, split_frames)
 
 
 def progress(tag: str, number: int) -> dict:
@@ -49,8 +49,7 @@ async def test_after_a_ping_timeout_close_frame_no_data_frame_follows(redis_serv
         opcodes = [opcode for opcode, _ in seen]
         assert OPCODE_CLOSE in opcodes, opcodes
         close_at = opcodes.index(OPCODE_CLOSE)
-        code, reason = int.from_bytes(seen[close_at][1][:2], "big"), seen[close_at][1][2:]
-        assert (code, reason) == (messages.CLOSE_GOING_AWAY, b"ping timeout")
+        assert parse_close(seen[close_at][1]) == (messages.CLOSE_GOING_AWAY, "ping timeout")
         assert OPCODE_TEXT in opcodes[:close_at]
         assert [op for op in opcodes[close_at + 1:]] == []
         assert sum("no pong" in line for line in server.output) == 1
@@ -163,7 +162,7 @@ async def test_pongs_and_events_arrive_whole_and_in_order_to_a_slow_reader_that_
                                                 "x" * 1000))
             if number % every == 0:
                 pings.append(b"p%d" % number)
-                send_frame(peer, OPCODE_PING, pings[-1])
+                peer.sendall(client_frame(OPCODE_PING, pings[-1]))
         await reader
         peer.close()
 

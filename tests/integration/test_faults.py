@@ -16,14 +16,13 @@ from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
 from notify_server.protocol import messages
-from notify_server.dev.embedded_redis import free_port
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server, start_worker
-from tests.support.raw_ws import (OPCODE_CLOSE, raw_handshake, read_until_close_frame,
-                                  read_until_eof)
+from tests.support.raw_peer import raw_handshake, read_until_close_frame
 from tests.support.tasks import submit, unique_avid
 from tests.support.waiting import eventually
+from tests.support.wsframes import OPCODE_CLOSE, free_port, parse_close, read_until_eof
 
 FAULT_TABLE = []
 
@@ -153,7 +152,7 @@ async def test_heartbeats_close_dead_peers_and_keep_live_ones(redis_server):
 
         frames = await asyncio.get_running_loop().run_in_executor(None, read_until_eof, dead)
         assert frames[-1][0] == OPCODE_CLOSE  # and no frame after it
-        assert frames[-1][1][2:] == b"ping timeout"
+        assert parse_close(frames[-1][1])[1] == "ping timeout"
         await live.send({"action": "ping"})
         assert (await pong)["data"]["time"] > 0
         assert live.close_code is None

@@ -30,13 +30,13 @@ from tornado.httpclient import AsyncHTTPClient
 
 from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.worker.emitter import Emitter
-from tests.support.network import free_port
 from tests.support.nginx import Nginx
 from tests.support.processes import ARTIFACTS, Child, start_server, start_worker
 from tests.support.publisher import Publisher, progress_event
 from tests.support.resuming_client import Fleet
 from tests.support.tasks import submit, unique_avid
 from tests.support.waiting import eventually
+from tests.support.wsframes import free_port
 
 TTL = 2.0
 POLL_INTERVAL = 0.5
