@@ -16,14 +16,13 @@ import threading
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient
 
 from notify_server.protocol import messages
 from notify_server.worker.emitter import Emitter
 from notify_server.protocol.task_events import with_owner
 from tests.support.async_peer import AsyncPeer
 from tests.support.client import WsClient
+from tests.support.http_probe import scrape
 from tests.support.processes import ARTIFACTS, start_server
 from tests.support.tasks import unique_avid
 from tests.support.tokens import SECRET, sign
@@ -71,13 +70,6 @@ async def receives_event(peer: AsyncPeer, redis_url: str, owner: str) -> dict:
         message = json.loads(payload)
         if message["data"].get("task_id") == f"{tag}-1":
             return message
-
-
-async def scrape(port: int) -> dict:
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.body.decode())
-            for sample in family.samples}
 
 
 def percentile(values: list, fraction: float) -> float:

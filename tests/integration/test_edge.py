@@ -14,19 +14,11 @@ from notify_server.protocol import messages
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server
+from tests.support.progress_events import numbers, progress
 from tests.support.raw_peer import raw_handshake, reset, upgrade
 from tests.support.tasks import submit, unique_avid
 from tests.support.wsframes import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT,
                                     client_frame, parse_close, read_until_eof, split_frames)
-
-
-def progress(tag: str, number: int) -> dict:
-    return messages.task_progress(f"{tag}-{number}", tag, number, 1_000_000, "")
-
-
-def numbers(client: WsClient, tag: str) -> list:
-    return [m["data"]["current"] for m in client.received
-            if m["type"] == "task_progress" and m["data"]["avid"] == tag]
 
 
 async def test_after_a_ping_timeout_close_frame_no_data_frame_follows(redis_server):
