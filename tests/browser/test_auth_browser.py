@@ -22,9 +22,9 @@ from playwright.sync_api import expect
 
 from notify_server.protocol import task_events as events
 from notify_server.worker.emitter import EMIT_SCRIPT
-from tests.support.network import free_port
 from tests.support.processes import ARTIFACTS, Child, start_server
 from tests.support.static_site import serve_directory
+from tests.support.wsframes import free_port
 
 SECRET = "browser-tests-secret-" + "s" * 32
 

@@ -4,20 +4,19 @@ Browsers reach the app at the root and under the /tasks-monitor/ prefix;
 sockets are spread over both servers, and each server relays every task event.
 """
 
-import http.client
 import json
 import re
-import time
 import uuid
 from types import SimpleNamespace
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.support.network import free_port
+from tests.support.http_probe import get, wait_for_first_poll
 from tests.support.nginx import Nginx
 from tests.support.processes import start_server
 from tests.support.tasks import submit, unique_avid
+from tests.support.wsframes import free_port
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +35,6 @@ def proxy(redis_server, worker):
             assert nginx.stop() == 0
         for child, _ in servers:
             assert child.stop() == 0
-
-
-def get(port: int, path: str, headers=None) -> http.client.HTTPResponse:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request("GET", path, headers=headers or {})
-    response = connection.getresponse()
-    response.body = response.read()
-    connection.close()
-    return response
-
-
-def wait_for_first_poll(port: int, timeout: float = 20.0) -> None:
-    """Until the server's REST answers 200 (its first inspect poll is done);
-    a deadline poll, as nothing is pushed to a client that has no socket."""
-    deadline = time.monotonic() + timeout
-    while get(port, "/api/tasks/queue/status").status != 200:
-        assert time.monotonic() < deadline, f"server on {port}: no inspect poll within {timeout} s"
-        time.sleep(0.05)
 
 
 def logged_address(servers, probe: str) -> str:

@@ -7,14 +7,13 @@ origin, and a list holding only some other origin. Plain HTTP requests with an
 `Origin` header check the headers that a browser keeps from the page.
 """
 
-import http.client
 import json
 import re
-import time
 import uuid
 
 import pytest
 
+from tests.support.http_probe import request, wait_for_first_poll
 from tests.support.processes import start_server
 from tests.support.static_site import serve_directory
 
@@ -52,28 +51,6 @@ def servers(redis_server, worker, site):
     finally:
         for child, _ in started.values():
             child.stop()
-
-
-def request(port: int, method: str, path: str, headers=None) -> http.client.HTTPResponse:
-    """One request as curl would send it; `body` holds the response body.
-    A server that closes the connection without answering raises here."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request(method, path, headers=headers or {})
-        response = connection.getresponse()
-        response.body = response.read()
-    finally:
-        connection.close()
-    return response
-
-
-def wait_for_first_poll(port: int, timeout: float = 20.0) -> None:
-    """Until the REST answer is 200 (asked without an Origin header); a
-    deadline poll, as nothing is pushed to a client that has no socket."""
-    deadline = time.monotonic() + timeout
-    while request(port, "GET", PATH).status != 200:
-        assert time.monotonic() < deadline, f"server on {port}: no inspect poll within {timeout} s"
-        time.sleep(0.05)
 
 
 def tokens(header_value) -> set:

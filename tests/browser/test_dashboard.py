@@ -10,9 +10,9 @@ from playwright.sync_api import expect
 
 from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
-from tests.support.network import free_port
 from tests.support.processes import ARTIFACTS, start_server
 from tests.support.tasks import submit, unique_avid
+from tests.support.wsframes import free_port
 
 
 def open_dashboard(page, port: int) -> None:

@@ -16,20 +16,19 @@ import threading
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient
 
 from notify_server.protocol import task_events
 from notify_server.protocol import close_codes
 from notify_server.worker.emitter import Emitter
 from notify_server.protocol.task_events import with_owner
-from tests.support.async_peer import AsyncPeer, masked_frame
+from tests.support.async_peer import AsyncPeer
 from tests.support.client import WsClient
+from tests.support.http_probe import scrape
 from tests.support.processes import ARTIFACTS, start_server
-from tests.support.raw_ws import OPCODE_TEXT
 from tests.support.tasks import unique_avid
 from tests.support.tokens import SECRET, sign
 from tests.support.waiting import eventually
+from tests.support.wsframes import OPCODE_CLOSE, OPCODE_TEXT, client_frame, parse_close
 
 ATTEMPTS, CONCURRENCY, PER_ADDRESS = 1000, 100, 50
 ACTIONS, ACTION_BURST, OBSERVERS, WARM_UP = 10_000, 40, 5, 20
@@ -72,13 +71,6 @@ async def receives_event(peer: AsyncPeer, redis_url: str, owner: str) -> dict:
         message = json.loads(payload)
         if message["data"].get("task_id") == f"{tag}-1":
             return message
-
-
-async def scrape(port: int) -> dict:
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.body.decode())
-            for sample in family.samples}
 
 
 def percentile(values: list, fraction: float) -> float:
@@ -155,7 +147,7 @@ async def test_over_max_connections_every_address_gets_503(token_server):
 
 
 def ping_burst(count: int) -> bytes:
-    return b"".join(masked_frame(OPCODE_TEXT, b'{"action":"ping"}') for _ in range(count))
+    return b"".join(client_frame(OPCODE_TEXT, b'{"action":"ping"}') for _ in range(count))
 
 
 def replies_of(frames: list) -> "tuple[list, int, list]":
@@ -280,7 +272,7 @@ async def test_sockets_refused_for_their_token_count_against_the_address_until_c
     for peer in refused:
         assert peer.accepted
         opcode, payload = await peer.next_frame()
-        assert opcode == 0x8 and payload[2:] == b"token required"
+        assert opcode == OPCODE_CLOSE and parse_close(payload)[1] == "token required"
 
     over = await AsyncPeer.upgrade(port)
     assert over.response.status == 429 and not over.accepted

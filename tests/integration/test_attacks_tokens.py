@@ -29,13 +29,13 @@ from notify_server.protocol import task_events
 from notify_server.protocol import close_codes
 from notify_server.worker.emitter import Emitter
 from notify_server.protocol.task_events import with_owner
-from tests.support.async_peer import AsyncPeer, open_stream, read_until_eof, upgrade_request
+from tests.support.async_peer import AsyncPeer, open_stream
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server
-from tests.support.raw_ws import OPCODE_TEXT
 from tests.support.tasks import submit_owned, unique_avid
 from tests.support.tokens import OTHER_SECRET, SECRET, sign, spliced, unsigned
 from tests.support.waiting import eventually
+from tests.support.wsframes import OPCODE_TEXT, read_stream_until_eof, upgrade_request
 
 # HS512 with our 40-character secret makes PyJWT warn the attacker; that is the point.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -223,7 +223,7 @@ async def test_a_request_head_over_max_header_size_is_dropped_without_any_respon
     reader, writer = await open_stream(port)
 
     writer.write(head)
-    received, _ = await read_until_eof(reader)
+    received, _ = await read_stream_until_eof(reader)
     writer.close()
 
     assert received == b""
@@ -434,7 +434,7 @@ async def test_a_half_sent_request_line_is_dropped_after_the_header_timeout(toke
     reader, writer = await open_stream(token_server.port)
 
     writer.write(b"GET /ws/tasks/?tok")
-    received, _ = await read_until_eof(reader, timeout=30)
+    received, _ = await read_stream_until_eof(reader, timeout=30)
     writer.close()
 
     assert received == b""
@@ -453,7 +453,7 @@ async def test_a_request_head_trickled_byte_by_byte_is_dropped_before_it_is_comp
             await asyncio.sleep(0.05)  # the pace of a slowloris, not a wait for an event
 
     trickling = asyncio.ensure_future(trickle())
-    received, _ = await read_until_eof(reader, timeout=60)
+    received, _ = await read_stream_until_eof(reader, timeout=60)
     trickling.cancel()
     writer.close()
 

@@ -16,13 +16,12 @@ from typing import Optional
 import pytest
 import redis
 from celery import Celery
-from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient
 
 from notify_server.protocol import task_events as events
 from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task
+from tests.support.http_probe import readyz, scrape
 from tests.support.processes import ARTIFACTS, start_server, start_worker
 from tests.support.tasks import submit, unique_avid
 from tests.support.tokens import SECRET, sign
@@ -274,13 +273,8 @@ LIFECYCLE = ("task_received", "task_started", "task_completed", "task_failed")
 
 
 async def bridge_count(port: int, outcome: str) -> float:
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")
-    for family in text_string_to_metric_families(response.body.decode()):
-        for sample in family.samples:
-            if (sample.name == "notify_bridge_events_total"
-                    and sample.labels.get("outcome") == outcome):
-                return sample.value
-    return 0.0
+    samples = await scrape(port)
+    return samples.get(("notify_bridge_events_total", (("outcome", outcome),)), 0.0)
 
 
 async def test_one_bridge_writes_and_a_new_leader_fills_in_what_the_dead_one_missed(make_redis):
@@ -294,8 +288,8 @@ async def test_one_bridge_writes_and_a_new_leader_fills_in_what_the_dead_one_mis
                for index in range(2)]
     producer = Celery("failover-producer", broker=broker.url, set_as_current=False)
     try:
-        bodies = [await eventually(lambda port=port: readyz(port),
-                                   lambda body: body["leader"] is not None)
+        bodies = [(await eventually(lambda port=port: readyz(port),
+                                    lambda answer: answer[1]["leader"] is not None))[1]
                   for _, port in servers]
         leader = next(index for index, body in enumerate(bodies)
                       if body["leader"] == body["instance"])
@@ -325,12 +319,6 @@ async def test_one_bridge_writes_and_a_new_leader_fills_in_what_the_dead_one_mis
         for child, _ in servers:
             child.stop()
         worker.stop()
-
-
-async def readyz(port: int) -> dict:
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/readyz",
-                                             raise_error=False)
-    return json.loads(response.body)
 
 
 def test_the_emit_script_writes_a_transition_once_whoever_writes_it(broker):

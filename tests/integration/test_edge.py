@@ -16,19 +16,11 @@ from notify_server.protocol import close_codes
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server
-from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, upgrade,
-                                  raw_handshake, read_until_eof, reset, send_frame,
-                                  split_frames)
+from tests.support.progress_events import numbers, progress
+from tests.support.raw_peer import raw_handshake, reset, upgrade
 from tests.support.tasks import submit, unique_avid
-
-
-def progress(tag: str, number: int) -> dict:
-    return task_events.task_progress(f"{tag}-{number}", tag, number, 1_000_000, "")
-
-
-def numbers(client: WsClient, tag: str) -> list:
-    return [m["data"]["current"] for m in client.received
-            if m["type"] == "task_progress" and m["data"]["avid"] == tag]
+from tests.support.wsframes import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT,
+                                    client_frame, parse_close, read_until_eof, split_frames)
 
 
 async def test_after_a_ping_timeout_close_frame_no_data_frame_follows(redis_server):
@@ -51,8 +43,7 @@ async def test_after_a_ping_timeout_close_frame_no_data_frame_follows(redis_serv
         opcodes = [opcode for opcode, _ in seen]
         assert OPCODE_CLOSE in opcodes, opcodes
         close_at = opcodes.index(OPCODE_CLOSE)
-        code, reason = int.from_bytes(seen[close_at][1][:2], "big"), seen[close_at][1][2:]
-        assert (code, reason) == (close_codes.GOING_AWAY, b"ping timeout")
+        assert parse_close(seen[close_at][1]) == (close_codes.GOING_AWAY, "ping timeout")
         assert OPCODE_TEXT in opcodes[:close_at]
         assert [op for op in opcodes[close_at + 1:]] == []
         assert sum("no pong" in line for line in server.output) == 1
@@ -165,7 +156,7 @@ async def test_pongs_and_events_arrive_whole_and_in_order_to_a_slow_reader_that_
                                                 "x" * 1000))
             if number % every == 0:
                 pings.append(b"p%d" % number)
-                send_frame(peer, OPCODE_PING, pings[-1])
+                peer.sendall(client_frame(OPCODE_PING, pings[-1]))
         await reader
         peer.close()
 

@@ -15,16 +15,16 @@ import psutil
 from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server.protocol import task_events
-from notify_server.protocol import close_codes
-from notify_server.dev.embedded_redis import free_port
+from notify_server.protocol import close_codes, task_events
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
+from tests.support.http_probe import get_json
 from tests.support.processes import start_server, start_worker
-from tests.support.raw_ws import (OPCODE_CLOSE, raw_handshake, read_until_close_frame,
-                                  read_until_eof)
+from tests.support.progress_events import numbers, progress
+from tests.support.raw_peer import raw_handshake, read_until_close_frame
 from tests.support.tasks import submit, unique_avid
 from tests.support.waiting import eventually
+from tests.support.wsframes import OPCODE_CLOSE, free_port, parse_close, read_until_eof
 
 FAULT_TABLE = []
 
@@ -36,26 +36,12 @@ def kill_tree(pid: int) -> None:
         process.kill()
 
 
-def progress(tag: str, number: int, text: str = "") -> dict:
-    return task_events.task_progress(f"{tag}-{number}", tag, number, 1_000_000, text)
-
-
-def numbers(client: WsClient, tag: str):
-    return [m["data"]["current"] for m in client.received
-            if m["type"] == "task_progress" and m["data"]["avid"] == tag]
-
-
 def record(fault: str, emitted: int, got: list) -> None:
     delivered = len(got)
     FAULT_TABLE.append((fault, emitted, delivered, emitted - len(set(got)),
                         delivered - len(set(got))))
     print(f"FAULT-TABLE | {fault} | {emitted} | {delivered} | {emitted - len(set(got))} | "
           f"{delivered - len(set(got))} |")
-
-
-async def get_json(port: int, path: str):
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", raise_error=False)
-    return response.code, json.loads(response.body)
 
 
 async def test_redis_killed_and_restarted_mid_stream_loses_and_duplicates_nothing(make_redis):
@@ -154,7 +140,7 @@ async def test_heartbeats_close_dead_peers_and_keep_live_ones(redis_server):
 
         frames = await asyncio.get_running_loop().run_in_executor(None, read_until_eof, dead)
         assert frames[-1][0] == OPCODE_CLOSE  # and no frame after it
-        assert frames[-1][1][2:] == b"ping timeout"
+        assert parse_close(frames[-1][1])[1] == "ping timeout"
         await live.send({"action": "ping"})
         assert (await pong)["data"]["time"] > 0
         assert live.close_code is None

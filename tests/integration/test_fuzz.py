@@ -33,12 +33,13 @@ from notify_server.protocol import task_events
 from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.worker.emitter import Emitter
 from tests.support.processes import start_server
-from tests.support.raw_ws import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT,
-                                  RawPeer, client_frame, upgrade)
+from tests.support.raw_peer import RawPeer, upgrade
+from tests.support.wsframes import (OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION,
+                                    OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, client_frame,
+                                    close_payload, parse_close)
 
 MAX_MESSAGE_SIZE = 65536  # NOTIFY_MAX_MESSAGE_SIZE's default
 MAX_SUBSCRIBE = 1000      # NOTIFY_MAX_SUBSCRIBE's default
-OPCODE_CONTINUATION, OPCODE_BINARY = 0x0, 0x2
 # Rate limits high enough that the fuzz is not refused as a flood (still
 # accepted: `rate_limited` and a close with 1008). Pings every 5 s so a socket
 # Tornado dropped without telling the server is found within one round.
@@ -255,8 +256,7 @@ def read_message(peer: RawPeer, timeout: float = 5.0) -> dict:
             raise ServerClosed(framed=False)
         opcode, data = frame
         if opcode == OPCODE_CLOSE:
-            raise ServerClosed(framed=True,
-                               code=int.from_bytes(data[:2], "big") if data else None)
+            raise ServerClosed(framed=True, code=parse_close(data)[0])
         if opcode == OPCODE_TEXT:
             message = json.loads(data)
             assert_well_formed(message)
@@ -579,7 +579,7 @@ def observe(peer: RawPeer, frames: List[Frame], expected: List[tuple]) -> List[t
             break
         opcode, data = frame
         if opcode == OPCODE_CLOSE:
-            seen.append(("close", int.from_bytes(data[:2], "big") if data else None))
+            seen.append(("close", parse_close(data)[0]))
         elif opcode == OPCODE_PONG:
             seen.append(("pong", data))
         elif opcode == OPCODE_TEXT:
@@ -621,7 +621,7 @@ text_messages = st.one_of(
               st.text(characters, max_size=4).map(str.encode)),
     st.binary(max_size=40))
 close_payloads = st.one_of(
-    st.builds(lambda code, reason: code.to_bytes(2, "big") + reason,
+    st.builds(close_payload,
               st.sampled_from(BAD_CLOSE_CODES + GOOD_CLOSE_CODES) | st.integers(0, 65535),
               st.text(characters, max_size=20).map(str.encode) | st.sampled_from(INVALID_UTF8)),
     st.binary(min_size=1, max_size=1), st.just(b""))
@@ -687,7 +687,7 @@ def frame_sequences(draw) -> List[Frame]:
 
 
 FRAME_EXAMPLES = [
-    *[[Frame(OPCODE_CLOSE, code.to_bytes(2, "big"))] for code in BAD_CLOSE_CODES],  # echoed
+    *[[Frame(OPCODE_CLOSE, close_payload(code))] for code in BAD_CLOSE_CODES],  # echoed
     [Frame(OPCODE_TEXT, MARKER, masked=False)],                    # unmasked: answered
     *[[Frame(OPCODE_TEXT, MARKER, rsv=rsv)] for rsv in range(1, 8)],  # RSV1-3
     *[[Frame(opcode, b"x")] for opcode in (3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF)],

@@ -5,10 +5,9 @@ moves the counters, so each is checked by the exact change the test caused.
 """
 
 from celery import Celery
-from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient
 
 from tests.support.client import WsClient, of_task
+from tests.support.http_probe import scrape
 from tests.support.processes import start_server, start_worker
 from tests.support.tasks import submit, unique_avid
 from tests.support.waiting import eventually
@@ -21,17 +20,6 @@ RELAYED = ("notify_relay_lag_seconds_count", ())
 
 def sent(kind: str) -> tuple:
     return ("notify_messages_sent_total", (("type", kind),))
-
-
-async def scrape(port: int) -> dict:
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")
-    assert response.headers["Content-Type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.body.decode()):
-        for sample in family.samples:
-            key = (sample.name, tuple(sorted(sample.labels.items())))
-            samples[key] = sample.value
-    return samples
 
 
 def change(before: dict, after: dict, key: tuple) -> float:

@@ -3,21 +3,16 @@
 import asyncio
 import threading
 
-from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
 from notify_server.protocol.stream import parse_stream_id
 from tests.support.client import WsClient
 from tests.support.processes import start_server
+from tests.support.progress_events import numbers, progress
 
 
 def emit_numbered(emitter: Emitter, first: int, count: int, tag: str) -> None:
     for number in range(first, first + count):
-        emitter.emit(task_events.task_progress(f"{tag}-{number}", tag, number, 1_000_000, ""))
-
-
-def numbers(client: WsClient, tag: str):
-    return [m["data"]["current"] for m in client.received
-            if m["type"] == "task_progress" and m["data"]["avid"] == tag]
+        emitter.emit(progress(tag, number))
 
 
 async def test_resume_replays_missed_events_in_order(server_port, redis_server):

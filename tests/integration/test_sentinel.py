@@ -20,14 +20,15 @@ import psutil
 import pytest
 import redis
 import redis.asyncio
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpclient import HTTPClientError
 from tornado.iostream import StreamClosedError
 
-from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
 from notify_server.protocol.stream import parse_stream_id
 from tests.support.client import WsClient
+from tests.support.http_probe import readyz
 from tests.support.processes import ARTIFACTS, Child, start_server
+from tests.support.progress_events import progress
 from tests.support.sentinel import SentinelCluster
 from tests.support.waiting import eventually
 
@@ -46,10 +47,6 @@ def cluster():
     started = SentinelCluster(MASTER).start()
     yield started
     started.stop()
-
-
-def progress(number: int) -> dict:
-    return task_events.task_progress(f"{TAG}-{number}", TAG, number, 1_000_000, "")
 
 
 class Publisher:
@@ -74,7 +71,7 @@ class Publisher:
                                     - time.monotonic()))
 
     def emit_next(self) -> None:
-        self.emitter.emit(progress(self.published))
+        self.emitter.emit(progress(TAG, self.published))
         self.published += 1
 
     def stop(self) -> None:
@@ -225,12 +222,6 @@ def read_lease(address: Tuple[str, int]) -> Optional[str]:
         return client.get("notify:poller:leader")
     finally:
         client.close()
-
-
-async def readyz(port: int) -> Tuple[int, dict]:
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/readyz",
-                                             raise_error=False)
-    return response.code, json.loads(response.body)
 
 
 def start_sentinel_server(cluster: SentinelCluster) -> Tuple[Child, int]:

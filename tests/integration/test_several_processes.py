@@ -14,8 +14,6 @@ figures (failover time, reconnects) go to test-artifacts/several-processes.txt.
 import asyncio
 import collections
 import dataclasses
-import http.client
-import json
 import re
 import time
 import uuid
@@ -30,13 +28,15 @@ from tornado.httpclient import AsyncHTTPClient
 
 from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.worker.emitter import Emitter
-from tests.support.network import free_port
+from tests.support import http_probe
 from tests.support.nginx import Nginx
 from tests.support.processes import ARTIFACTS, Child, start_server, start_worker
-from tests.support.publisher import Publisher, progress_event
+from tests.support.progress_events import progress
+from tests.support.publisher import Publisher
 from tests.support.resuming_client import Fleet
 from tests.support.tasks import submit, unique_avid
 from tests.support.waiting import eventually
+from tests.support.wsframes import free_port
 
 TTL = 2.0
 POLL_INTERVAL = 0.5
@@ -101,22 +101,7 @@ class Cluster:
             if not member.running:
                 member.start()
         for member in self.members:
-            wait_for_snapshot(member.port)
-
-
-def wait_for_snapshot(port: int, timeout: float = 30.0) -> None:
-    """Until the process on `port` serves a queue snapshot (its REST answers 200)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        try:
-            connection.request("GET", "/api/tasks/queue/status")
-            if connection.getresponse().status == 200:
-                return
-        finally:
-            connection.close()
-        assert time.monotonic() < deadline, f"server on {port}: no queue snapshot in {timeout} s"
-        time.sleep(0.1)
+            http_probe.wait_for_first_poll(member.port, timeout=30.0)
 
 
 @pytest.fixture(scope="module")
@@ -145,14 +130,8 @@ def cluster():
 
 # -- what a process shows ------------------------------------------------------
 
-async def get_json(port: int, path: str) -> "tuple[int, dict]":
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", raise_error=False,
-                                             request_timeout=10)
-    return response.code, json.loads(response.body)
-
-
 async def readyz(member: Member) -> dict:
-    _, body = await get_json(member.port, "/readyz")
+    _, body = await http_probe.readyz(member.port, request_timeout=10)
     member.instance = body["instance"]
     return body
 
@@ -180,8 +159,9 @@ async def identical_snapshots(cluster: Cluster, accept: Callable[[dict], bool]) 
     it passes `accept`; fails if they never agree on one `updated_at`."""
     seen = []
     for _ in range(100):
-        answers = await asyncio.gather(*(get_json(member.port, "/api/tasks/queue/status")
-                                         for member in cluster.members))
+        answers = await asyncio.gather(*(
+            http_probe.get_json(member.port, "/api/tasks/queue/status", request_timeout=10)
+            for member in cluster.members))
         data = [body["data"] for code, body in answers if code == 200]
         seen = [item["updated_at"] for item in data]
         if len(data) == 3 and len(set(seen)) == 1 and accept(data[0]):
@@ -261,7 +241,7 @@ def mark_start(redis_url: str, tag: str) -> str:
     """Write one event before the traffic and return its id: the clients
     resume after it from their first connection on, so each is owed every
     event of `tag` from number 0."""
-    Emitter(redis_url).emit(progress_event(f"{tag}-START", 0))
+    Emitter(redis_url).emit(progress(f"{tag}-START", 0))
     client = redis.Redis.from_url(redis_url)
     try:
         return client.xrevrange(HISTORY, count=1)[0][0].decode()

@@ -7,10 +7,10 @@ from pathlib import Path
 import jwt
 
 from tests.support.client import WsClient
-from tests.support.network import free_port
 from tests.support.nginx import Nginx
 from tests.support.processes import start_server
 from tests.support.waiting import eventually
+from tests.support.wsframes import free_port
 
 SECRET = "log-test-secret-" + "x" * 32
 

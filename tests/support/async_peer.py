@@ -9,14 +9,12 @@ hold hundreds of sockets open at once.
 """
 
 import asyncio
-import base64
 import dataclasses
-import os
 from typing import Dict, List, Optional, Tuple
 
-from tests.support.raw_ws import OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, split_frames
-
-Frame = Tuple[int, bytes]
+from tests.support.wsframes import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, Frame,
+                                    client_frame, close_frame, parse_close, split_frames,
+                                    upgrade_request)
 
 
 @dataclasses.dataclass
@@ -27,30 +25,6 @@ class Response:
     status: int
     headers: Dict[str, str]
     body: bytes
-
-
-def upgrade_request(port: int, query: str = "", headers: Optional[Dict[str, str]] = None,
-                    path: str = "/ws/tasks/") -> bytes:
-    """The request head of a WebSocket upgrade, as a browser sends it."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    target = path + (f"?{query}" if query else "")
-    lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-             *(f"{name}: {value}" for name, value in (headers or {}).items())]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """One final, masked client frame of any length."""
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x80 | opcode, 0x80 | length))
-    elif length < 65536:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
-    mask = os.urandom(4)
-    return header + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
 
 
 async def open_stream(port: int, source: str = "127.0.0.1",
@@ -74,27 +48,6 @@ async def read_response(reader: asyncio.StreamReader) -> Response:
     if "content-length" in headers:
         body = await reader.readexactly(int(headers["content-length"]))
     return Response(int(status_line.split(" ")[1]), headers, body)
-
-
-async def read_until_eof(reader: asyncio.StreamReader, timeout: float = 30.0) -> Tuple[bytes, bool]:
-    """Everything the server sends until it ends the connection, and whether
-    it ended with a reset (True) rather than a FIN. Fails after `timeout`."""
-    received = b""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise AssertionError(f"the server kept the connection open for {timeout} s; "
-                                 f"received {received[:200]!r}")
-        try:
-            chunk = await asyncio.wait_for(reader.read(1 << 16), remaining)
-        except asyncio.TimeoutError:
-            continue
-        except ConnectionResetError:
-            return received, True
-        if not chunk:
-            return received, False
-        received += chunk
 
 
 class AsyncPeer:
@@ -131,7 +84,7 @@ class AsyncPeer:
         return self.response.status == 101
 
     def send_text(self, text: str) -> None:
-        self._writer.write(masked_frame(OPCODE_TEXT, text.encode()))
+        self._writer.write(client_frame(OPCODE_TEXT, text.encode()))
 
     def send_bytes(self, data: bytes) -> None:
         """Write bytes as they are (frames built beforehand, say)."""
@@ -145,7 +98,7 @@ class AsyncPeer:
             while self._frames:
                 opcode, payload = self._frames.pop(0)
                 if opcode == OPCODE_PING:
-                    self._writer.write(masked_frame(OPCODE_PONG, payload))
+                    self._writer.write(client_frame(OPCODE_PONG, payload))
                     continue
                 return opcode, payload
             remaining = max(0.0, deadline - asyncio.get_running_loop().time())
@@ -158,7 +111,7 @@ class AsyncPeer:
             frames, self._buffer = split_frames(self._buffer + chunk)
             self._frames.extend(frames)
 
-    async def until_close(self, timeout: float = 20.0) -> Tuple[List[Frame], int, str]:
+    async def until_close(self, timeout: float = 20.0) -> Tuple[List[Frame], Optional[int], str]:
         """The frames before the server's close frame, and that frame's code
         and reason. Answers the close (the server then ends the connection:
         `until_ended`); fails if the connection ends without a close frame,
@@ -177,8 +130,9 @@ class AsyncPeer:
                                      f"{len(before)} frames before: {before[-5:]}")
             opcode, payload = frame
             if opcode == OPCODE_CLOSE:
-                self._writer.write(masked_frame(OPCODE_CLOSE, payload[:2]))
-                return before, int.from_bytes(payload[:2], "big"), payload[2:].decode()
+                code, reason = parse_close(payload)
+                self._writer.write(close_frame(code))
+                return before, code, reason
             before.append(frame)
 
     async def until_ended(self, timeout: float = 20.0) -> List[Frame]:

@@ -4,17 +4,12 @@ import threading
 import time
 from typing import Optional
 
-from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
-
-
-def progress_event(tag: str, number: int) -> dict:
-    """The `number`th event of a stream tagged `tag` (its `avid`)."""
-    return task_events.task_progress(f"{tag}-{number}", tag, number, 1_000_000, "")
+from tests.support.progress_events import progress
 
 
 class Publisher:
-    """Emits `progress_event(tag, 0)`, `(tag, 1)`, ... through an `Emitter`
+    """Emits `progress(tag, 0)`, `(tag, 1)`, ... through an `Emitter`
     (XADD and PUBLISH with an id, as a Celery worker does) at `rate` per
     second, on its own thread, until `stop` or `limit` events.
 
@@ -51,7 +46,7 @@ class Publisher:
         for number in range(self._limit):
             if self._stopping.is_set():
                 return
-            self._emitter.emit(progress_event(self.tag, number))
+            self._emitter.emit(progress(self.tag, number))
             self.emitted = number + 1
             # On a schedule, not a fixed sleep: a slow emit does not lower the rate.
             delay = started + (number + 1) / self._rate - time.monotonic()

@@ -10,9 +10,9 @@ received. It records what a client would check: every event id in arrival
 order, the progress numbers of one tag, each `queue_status`, each `resync`,
 and how many times it reconnected.
 
-The wire is read with a small parser (text frames of any length, pings
-answered, the close handshake completed) rather than Tornado's client: three
-hundred clients at 50 events/s are 15,000 frames a second for this one
+The wire is read with the tests' codec (wsframes: text frames of any length,
+pings answered, the close handshake completed) rather than Tornado's client:
+three hundred clients at 50 events/s are 15,000 frames a second for this one
 Python process, which must keep up or the servers close it as a slow client.
 """
 
@@ -24,10 +24,10 @@ from typing import List, Optional, Tuple
 
 import orjson
 
-from tests.support.async_peer import masked_frame, read_response, upgrade_request
-from tests.support.raw_ws import OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT
-
-Frame = Tuple[int, bytes]
+from tests.support.async_peer import read_response
+from tests.support.wsframes import (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT,
+                                    client_frame, close_frame, parse_close, split_frames,
+                                    upgrade_request)
 
 # notify-client.js's defaults (minDelay, maxDelay), in seconds.
 MIN_DELAY, MAX_DELAY = 0.5, 15.0
@@ -37,28 +37,6 @@ def stream_position(event_id: str) -> Tuple[int, int]:
     """A Redis stream id (`ms-seq`) as a pair that sorts in stream order."""
     millis, _, sequence = event_id.partition("-")
     return int(millis), int(sequence or 0)
-
-
-def take_frames(buffer: bytearray) -> List[Frame]:
-    """Remove the complete (unmasked, unfragmented) frames at the start of
-    `buffer` and return them as (opcode, payload)."""
-    frames, offset, size = [], 0, len(buffer)
-    while size - offset >= 2:
-        opcode, length, start = buffer[offset] & 0x0F, buffer[offset + 1] & 0x7F, offset + 2
-        if length == 126:
-            if size - offset < 4:
-                break
-            length, start = int.from_bytes(buffer[offset + 2:offset + 4], "big"), offset + 4
-        elif length == 127:
-            if size - offset < 10:
-                break
-            length, start = int.from_bytes(buffer[offset + 2:offset + 10], "big"), offset + 10
-        if size < start + length:
-            break
-        frames.append((opcode, bytes(buffer[start:start + length])))
-        offset = start + length
-    del buffer[:offset]
-    return frames
 
 
 class ResumingClient:
@@ -158,7 +136,7 @@ class ResumingClient:
                     writer: asyncio.StreamWriter) -> Optional[int]:
         """Read frames until the connection ends; returns the close code
         (None when it ended without a close frame)."""
-        buffer = bytearray()
+        buffer = b""
         while True:
             try:
                 chunk = await reader.read(1 << 16)
@@ -166,15 +144,16 @@ class ResumingClient:
                 chunk = b""
             if not chunk:
                 return None
-            buffer += chunk
-            for opcode, payload in take_frames(buffer):
+            frames, buffer = split_frames(buffer + chunk)
+            for opcode, payload in frames:
                 if opcode == OPCODE_TEXT:
                     self._receive(orjson.loads(payload))
                 elif opcode == OPCODE_PING:
-                    writer.write(masked_frame(OPCODE_PONG, payload))
+                    writer.write(client_frame(OPCODE_PONG, payload))
                 elif opcode == OPCODE_CLOSE:
-                    writer.write(masked_frame(OPCODE_CLOSE, payload[:2]))
-                    return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                    code, _ = parse_close(payload)
+                    writer.write(close_frame(code))
+                    return 1005 if code is None else code  # 1005: no status code in it
 
     def _receive(self, message: dict) -> None:
         kind = self.last_type = message["type"]

@@ -19,8 +19,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import redis
 import redis.asyncio
 
-from notify_server.dev.embedded_redis import find_redis_server, free_port
+from notify_server.dev.embedded_redis import find_redis_server
 from tests.support.processes import Child
+from tests.support.wsframes import free_port
 
 Address = Tuple[str, int]
 HOST = "127.0.0.1"

@@ -7,11 +7,11 @@ import orjson
 import pytest
 
 from notify_server.access.auth import EVERYONE, AuthError, Authenticator, Scope, bearer_token
-from notify_server.protocol.framing import payloads
 from notify_server.delivery.hub import Hub
 from notify_server.access.limits import ActionBucket, ConnectionCounter
 from notify_server.protocol.stream import Event, InvalidEvent, parse_event
 from notify_server.delivery.session import Session
+from tests.support.wsframes import text_payloads
 
 SECRET = "s" * 32
 OTHER = "o" * 32
@@ -122,7 +122,7 @@ def scoped(*owners):
 
 
 def ids(writes):
-    return [orjson.loads(p).get("id") for data in writes for p in payloads(data)]
+    return [orjson.loads(p).get("id") for data in writes for p in text_payloads(data)]
 
 
 def test_the_hub_offers_each_event_to_its_owners_sessions_and_to_everyone_sessions():

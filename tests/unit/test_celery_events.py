@@ -7,11 +7,11 @@ import pytest
 from notify_server.protocol import task_events as events
 from notify_server.access.auth import Scope
 from notify_server.celery_io.bridge_mapping import CeleryEventMapper
-from notify_server.protocol.framing import payloads
 from notify_server.delivery.hub import Hub
 from notify_server.protocol.stream import Event
 from notify_server.queue.views import with_workers, workers_moved
 from notify_server.delivery.session import Session
+from tests.support.wsframes import text_payloads
 
 
 def received(task_id="t-1", args="['A-1']", kwargs="{}", retries=0, hostname="w1@host"):
@@ -183,7 +183,7 @@ def test_worker_events_reach_every_session_whatever_its_scope_or_subscription():
                  Event("worker_offline", {"worker": "w1", "time": 1.0}, id="2-0")])
 
     def ids(writes):
-        return [orjson.loads(p)["id"] for data in writes for p in payloads(data)]
+        return [orjson.loads(p)["id"] for data in writes for p in text_payloads(data)]
     assert ids(sent["alice"]) == ["2-0"]
     assert ids(sent["filtered"]) == ["2-0"]
     assert ids(sent["admin"]) == ["1-0", "2-0"]

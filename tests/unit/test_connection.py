@@ -6,22 +6,11 @@ import socket
 from tornado.iostream import IOStream
 
 from notify_server.edge.connection import CLOSED, CLOSING, OPEN, Connection
-from notify_server.protocol.framing import payloads, text_frame
+from notify_server.protocol.framing import text_frame
 from notify_server.protocol.close_codes import SLOW
 from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig
 from notify_server.server import NotifyServer
-
-
-def read_all(sock: socket.socket) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(1 << 20)
-        except BlockingIOError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
+from tests.support.wsframes import OPCODE_TEXT, read_available, split_frames, text_payloads
 
 
 class Recorder:
@@ -48,7 +37,7 @@ async def test_frames_the_socket_takes_go_straight_out_in_order(io_loop):
     for number in range(3):
         connection.write(text_frame(b'{"n":%d}' % number))
 
-    assert payloads(read_all(peer)) == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert text_payloads(read_available(peer)) == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
     assert recorder.calls == [] and connection.state == OPEN
 
 
@@ -69,8 +58,9 @@ async def test_a_reader_that_stops_overflows_once_is_closed_with_4008_and_nothin
     assert recorder.calls[1:] == [("leave",), ("close", SLOW,
                                                "slow client: outgoing buffer full")]
     assert connection.state == CLOSING
-    received = payloads(read_all(peer))[:-1]  # the last frame may be cut mid-way
-    assert 0 < len(received) < 2000 and all(p == b"x" * 1000 for p in received)
+    frames, cut = split_frames(read_available(peer))  # the last frame may be cut mid-way
+    assert 0 < len(frames) < 2000 and all(f == (OPCODE_TEXT, b"x" * 1000) for f in frames)
+    assert len(cut) < len(frame)
 
 
 async def test_a_write_after_the_stream_closed_neither_raises_nor_writes_and_forgets_the_socket(
@@ -102,7 +92,7 @@ async def test_once_closing_nothing_but_the_close_frame_is_written(io_loop):
     connection.close(1001, "again")
     connection.ping_timed_out()
 
-    assert payloads(read_all(peer)) == [b'{"before":1}']
+    assert text_payloads(read_available(peer)) == [b'{"before":1}']
     assert recorder.calls == [("leave",), ("close", 1001, "ping timeout")]
     connection.lost()
     connection.lost()
@@ -141,12 +131,12 @@ async def test_a_direct_send_never_overtakes_bytes_tornado_left_in_the_stream(io
     tornados = b"T" * 200_000  # say, a pong Tornado wrote into a full socket
     stream.write(tornados)
     connection.tornado_wrote()
-    received = read_all(peer)  # room in the socket again; the IOStream has not flushed yet
+    received = read_available(peer)  # room in the socket again; the IOStream has not flushed yet
 
     connection.write(text_frame(b"ours-2"))
     while True:  # let the IOStream flush, reading as it goes
         await asyncio.sleep(0.01)
-        chunk = read_all(peer)
+        chunk = read_available(peer)
         received += chunk
         if not chunk and not stream.writing():
             break

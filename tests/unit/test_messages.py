@@ -1,11 +1,10 @@
 import orjson
 import pytest
 
-from notify_server.protocol import task_events
-from notify_server.protocol import stream
-from notify_server.protocol.framing import payloads
+from notify_server.protocol import stream, task_events
 from notify_server.protocol.messages import ProtocolError, parse_action
 from notify_server.protocol.stream import InvalidEvent, parse_event
+from tests.support.wsframes import text_payloads
 
 
 def test_task_messages_carry_exactly_the_seed_keys_in_seed_order():
@@ -25,7 +24,7 @@ def test_progress_reports_percent_and_survives_zero_total():
 def test_event_frame_is_encoded_once_and_carries_its_id():
     event = stream.Event("task_started", {"task_id": "t"}, id="5-0")
     assert event.frame is event.frame
-    [payload] = payloads(event.frame)
+    [payload] = text_payloads(event.frame)
     assert orjson.loads(payload) == {"type": "task_started", "data": {"task_id": "t"},
                                      "id": "5-0"}
 

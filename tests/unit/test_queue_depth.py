@@ -10,7 +10,7 @@ import pytest
 from notify_server.celery_io import poller
 from notify_server.queue.replies import normalise, queue_names, remember_queues
 from notify_server.queue.views import for_scope
-from tests.support.network import free_port
+from tests.support.wsframes import free_port
 
 ACTIVE_QUEUES = {"celery@a": [{"name": "celery", "exchange": {"name": "celery"},
                                "routing_key": "celery"},

@@ -7,12 +7,10 @@ import orjson
 from tornado.iostream import IOStream
 
 from notify_server.access.auth import EVERYONE, Scope
-from notify_server.protocol.framing import payloads
 from notify_server.queue.replies import normalise
 from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig
 from notify_server.server import NotifyServer
-
-from .test_connection import read_all
+from tests.support.wsframes import read_available, text_payloads
 
 
 def make_server() -> NotifyServer:
@@ -43,7 +41,7 @@ def joined(server, scope):
 
 def statuses(sock):
     return [[entry["task_id"] for entry in message["data"]["active_tasks"]]
-            for message in map(orjson.loads, payloads(read_all(sock)))
+            for message in map(orjson.loads, text_payloads(read_available(sock)))
             if message["type"] == "queue_status"]
 
 

@@ -1,11 +1,12 @@
 import orjson
 import pytest
 
-from notify_server.protocol.framing import payloads, text_frame
+from notify_server.protocol.framing import text_frame
 from notify_server.delivery.hub import Hub
 from notify_server.protocol.messages import ProtocolError
 from notify_server.protocol.stream import Event
 from notify_server.delivery.session import Session
+from tests.support.wsframes import text_payloads
 
 
 def event(event_id, task_id="t", avid="A"):
@@ -19,13 +20,13 @@ def recorder():
 
 
 def ids(writes):
-    return [orjson.loads(payload).get("id") for data in writes for payload in payloads(data)]
+    return [orjson.loads(payload).get("id") for data in writes for payload in text_payloads(data)]
 
 
 def test_frames_round_trip_at_every_length_class():
     for size in (0, 125, 126, 65535, 65536, 70000):
         body = b"x" * size
-        assert payloads(text_frame(body) + text_frame(b"{}")) == [body, b"{}"]
+        assert text_payloads(text_frame(body) + text_frame(b"{}")) == [body, b"{}"]
 
 
 def test_hub_gives_every_session_the_same_bytes_in_one_write_per_batch():
