@@ -23,7 +23,7 @@ from tornado.iostream import IOStream
 
 from notify_server.protocol import messages
 from notify_server.access.auth import EVERYONE, AuthError, Authenticator, Scope
-from notify_server.celery_io.bridge import BridgeOptions, CeleryEventBridge
+from notify_server.celery_io.bridge import CeleryEventBridge
 from notify_server.edge.connection import OPEN, Connection
 from notify_server.edge.heartbeat import Heartbeat
 from notify_server.redis_io.history import History
@@ -115,7 +115,7 @@ class NotifyServer:
         self._publish_snapshot = self._lease_redis.register_script(SNAPSHOT_SCRIPT)
         # The bridge's worker table (None while it is off or has not reported).
         self._worker_table: Optional[List[dict]] = None
-        self.bridge = (CeleryEventBridge(self._bridge_options(), self._on_worker_table)
+        self.bridge = (CeleryEventBridge(config, self._on_worker_table)
                        if config.celery.events else None)
         self._latest_result: Optional[bytes] = None   # waiting to be written
         self._writer: Optional[asyncio.Task] = None
@@ -521,21 +521,6 @@ class NotifyServer:
                     self._on_queue_change()
 
     # -- the Celery event bridge ------------------------------------------------
-
-    def _bridge_options(self) -> BridgeOptions:
-        config = self.config
-        return BridgeOptions(
-            broker_url=config.celery.broker_url,
-            broker_master=(config.redis.master if config.celery.broker_url.startswith("sentinel://")
-                           else None),
-            broker_transport_options=dict(config.celery.broker_transport_options),
-            redis_url=config.redis.url, redis_sentinels=config.redis.sentinels,
-            redis_master=config.redis.master, prefix=config.redis.prefix,
-            history_maxlen=config.redis.history_maxlen, subject_arg=config.celery.subject_arg,
-            owner_arg=config.celery.owner_arg, enable_events=config.celery.enable_events,
-            # What a new leader writes again: what the old one may have missed.
-            replay_window=2 * config.leader_ttl + 2.0,
-            log_level=logging.getLogger().getEffectiveLevel())
 
     def _on_worker_table(self, table: List[dict], counts: Dict[str, int]) -> None:
         """The bridge's worker table and counters arrived: clients hear of it

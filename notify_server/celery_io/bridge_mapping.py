@@ -1,10 +1,10 @@
 """Celery's own events (`celery worker -E`) turned into protocol events.
 
-Pure: no Celery, kombu or Redis import. The bridge (`bridge.py`) feeds each
-event dict as Celery's `EventReceiver` hands it over; `CeleryEventMapper`
-returns what to write, each with the key that makes it a once-only write
-(`events.transition_key`), so that the worker hook and the bridge, or two
-bridges, never write one transition twice.
+Pure: no Celery, kombu or Redis import. The bridge's helper process
+(`bridge_helper.py`) feeds each event dict as Celery's `EventReceiver` hands
+it over; `CeleryEventMapper` returns what to write, each with the key that
+makes it a once-only write (`events.transition_key`), so that the worker
+hook and the bridge, or two bridges, never write one transition twice.
 
 Celery's task events carry little: only `task-received` has the arguments
 (as reprs) and the attempt (`retries`). The mapper remembers them per task
@@ -177,6 +177,13 @@ class CeleryEventMapper:
             elif not worker.online and now - worker.heard_at > OFFLINE_RETENTION:
                 del self.workers[worker.name]
         return gone
+
+    def reconnected(self, now: float) -> None:
+        """The bridge (re)connected to the broker at `now`: workers silent
+        during the outage get a fresh expiry window (Celery's receiver asks
+        them for a heartbeat on connecting)."""
+        for worker in self.workers.values():
+            worker.heard_at = max(worker.heard_at, now)
 
     def worker_states(self) -> List[dict]:
         """Every worker in the table, by name: online or not, last heartbeat."""
