@@ -97,15 +97,8 @@ class NotifyServer:
                            snapshot_channel=config.redis.keys.queue_channel, snapshot_key=config.redis.keys.queue_key,
                            on_snapshot=self._on_shared_snapshot)
         # The poller keeps its own state: what it found, before the round trip through Redis.
-        self.poller = QueuePoller(
-            config.celery.broker_url, QueueState(), self._on_poll_result,
-            broker_master=(config.redis.master if config.celery.broker_url.startswith("sentinel://")
-                           else None),
-            interval=config.celery.poll_interval, timeout=config.celery.inspect_timeout,
-            discovery_interval=config.celery.discovery_interval,
-            refresh_delay=config.celery.refresh_delay, subject_arg=config.celery.subject_arg,
-            owner_arg=config.celery.owner_arg, queues=config.celery.queues,
-            broker_transport_options=config.celery.broker_transport_options, on_poll=self.metrics.poll)
+        self.poller = QueuePoller(config.celery, config.broker_master, QueueState(),
+                                  self._on_poll_result, on_poll=self.metrics.poll)
         # The lease gets its own client: a renewal must fail fast, well within the lease.
         self._lease_redis = self.location.client(
             socket_timeout=config.leader_ttl / 3,
