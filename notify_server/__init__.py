@@ -38,9 +38,14 @@ redis_io/relay.py             the one subscription: events and shared snapshots 
 redis_io/resume.py            client resumes: the history after a last id, then live
 redis_io/snapshot_store.py    the queue snapshot: written by the leader, adopted by all
 celery_io/                    Celery adapters, each running Celery in a helper process
-celery_io/bridge.py           the bridge helper: Celery's event stream written as task events
+celery_io/bridge.py           the bridge's supervisor: starts, restarts and stops its helper
+celery_io/bridge_helper.py    in the bridge helper: Celery's event stream written as task events
 celery_io/bridge_mapping.py   Celery's events as protocol events, and the worker table (pure)
-celery_io/poller.py           the inspect helper: active, scheduled, reserved and queue depths
+celery_io/bridge_rules.py     the takeover replay and the helper's timing, `now` handed in (pure)
+celery_io/broker.py           the one Celery app that inspects or receives from the broker
+celery_io/helper_process.py   the one starter of helper processes: spawned, dies with its server
+celery_io/inspect_helper.py   in the inspect helper: active, scheduled, reserved and queue depths
+celery_io/poller.py           the poll schedule on the server's loop, while it holds the lease
 edge/                         the Tornado socket edge
 edge/connection.py            one client socket: open, closing or closed, and the writes to it
 edge/heartbeat.py             protocol pings for every open socket from one timer

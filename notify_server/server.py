@@ -20,7 +20,7 @@ from tornado.iostream import IOStream
 
 from notify_server.access.admission import Admission
 from notify_server.access.auth import EVERYONE, Scope
-from notify_server.celery_io.bridge import BridgeOptions, CeleryEventBridge
+from notify_server.celery_io.bridge import CeleryEventBridge
 from notify_server.config import ServerConfig
 from notify_server.delivery.hub import Hub
 from notify_server.delivery.queue_views import QueueViews
@@ -94,19 +94,12 @@ class NotifyServer:
                            on_invalid=self.metrics.dropped.labels("invalid").inc,
                            on_snapshot=self.snapshot.received)
         # The poller keeps its own state: what it found, before the round trip through Redis.
-        celery = config.celery
-        self.poller = QueuePoller(
-            celery.broker_url, QueueState(), self.snapshot.publish,
-            broker_master=config.broker_master,
-            interval=celery.poll_interval, timeout=celery.inspect_timeout,
-            discovery_interval=celery.discovery_interval,
-            refresh_delay=celery.refresh_delay, subject_arg=celery.subject_arg,
-            owner_arg=celery.owner_arg, queues=celery.queues,
-            broker_transport_options=celery.broker_transport_options, on_poll=self.metrics.poll)
+        self.poller = QueuePoller(config.celery, config.broker_master, QueueState(),
+                                  self.snapshot.publish, on_poll=self.metrics.poll)
         # The bridge's worker table (None while it is off or has not reported).
         self._worker_table: Optional[List[dict]] = None
-        self.bridge = (CeleryEventBridge(_bridge_options(config), self._on_worker_table)
-                       if celery.events else None)
+        self.bridge = (CeleryEventBridge(config, self._on_worker_table)
+                       if config.celery.events else None)
         self._last_holder: Optional[str] = None
         self._tasks: List[asyncio.Task] = []
 
@@ -299,16 +292,3 @@ class NotifyServer:
             with_workers(EMPTY_QUEUE, self._worker_table) if data is None else data)
         sent = self.hub.send_live(everything, frame_for)
         self.metrics.sent_of(messages.QUEUE_STATUS).inc(sent)
-
-
-def _bridge_options(config: ServerConfig) -> BridgeOptions:
-    return BridgeOptions(
-        broker_url=config.celery.broker_url, broker_master=config.broker_master,
-        broker_transport_options=dict(config.celery.broker_transport_options),
-        redis_url=config.redis.url, redis_sentinels=config.redis.sentinels,
-        redis_master=config.redis.master, prefix=config.redis.prefix,
-        history_maxlen=config.redis.history_maxlen, subject_arg=config.celery.subject_arg,
-        owner_arg=config.celery.owner_arg, enable_events=config.celery.enable_events,
-        # What a new leader writes again: what the old one may have missed.
-        replay_window=2 * config.leader_ttl + 2.0,
-        log_level=logging.getLogger().getEffectiveLevel())

@@ -1,10 +1,10 @@
 """Celery's own events (`celery worker -E`) turned into protocol events.
 
-Pure: no Celery, kombu or Redis import. The bridge (`bridge.py`) feeds each
-event dict as Celery's `EventReceiver` hands it over; `CeleryEventMapper`
-returns what to write, each with the key that makes it a once-only write
-(`events.transition_key`), so that the worker hook and the bridge, or two
-bridges, never write one transition twice.
+Pure: no Celery, kombu or Redis import. The bridge's helper process
+(`bridge_helper.py`) feeds each event dict as Celery's `EventReceiver` hands
+it over; `CeleryEventMapper` returns what to write, each with the key that
+makes it a once-only write (`events.transition_key`), so that the worker
+hook and the bridge, or two bridges, never write one transition twice.
 
 Celery's task events carry little: only `task-received` has the arguments
 (as reprs) and the attempt (`retries`). The mapper remembers them per task
@@ -100,7 +100,9 @@ class CeleryEventMapper:
             message = events.task_retrying(task_id, task.avid,
                                            events.safe_text(event.get("exception") or "retrying"))
         elif kind == "task-revoked":
-            message = events.task_revoked(task_id, task.avid, _revoked_text(event))
+            text = events.revoked_text(event.get("expired"), event.get("terminated"),
+                                       event.get("signum"))
+            message = events.task_revoked(task_id, task.avid, text)
         elif kind == "task-rejected":
             text = "requeued" if event.get("requeue") else "rejected"
             message = events.task_rejected(task_id, task.avid, text)
@@ -178,6 +180,13 @@ class CeleryEventMapper:
                 del self.workers[worker.name]
         return gone
 
+    def reconnected(self, now: float) -> None:
+        """The bridge (re)connected to the broker at `now`: workers silent
+        during the outage get a fresh expiry window (Celery's receiver asks
+        them for a heartbeat on connecting)."""
+        for worker in self.workers.values():
+            worker.heard_at = max(worker.heard_at, now)
+
     def worker_states(self) -> List[dict]:
         """Every worker in the table, by name: online or not, last heartbeat."""
         return [self.workers[name].as_dict() for name in sorted(self.workers)]
@@ -202,14 +211,6 @@ class CeleryEventMapper:
         once = f"worker:{worker.name}:{events.WORKER_OFFLINE}:{worker.since!r}"
         worker.online, worker.since = False, at
         return Outgoing(events.worker_offline(worker.name, at, reason), once)
-
-
-def _revoked_text(event: dict) -> str:
-    if event.get("expired"):
-        return "expired before it ran"
-    if event.get("terminated"):
-        return f"terminated by signal {events.safe_text(event.get('signum'))}"
-    return "revoked"
 
 
 def _bounded(value: Any) -> Any:

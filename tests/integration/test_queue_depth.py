@@ -13,7 +13,8 @@ import redis
 from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server.celery_io.poller import make_inspect_app, read_depths
+from notify_server.celery_io.broker import broker_app
+from notify_server.celery_io.inspect_helper import read_depths
 from tests.support.client import WsClient, queue_status_where
 from tests.support.processes import start_server, start_worker
 from tests.support.tasks import unique_avid
@@ -95,9 +96,9 @@ def test_depths_count_the_keys_kombu_writes_with_a_key_prefix_priority_steps_and
     producer.close()
     keys = {key.decode() for key in redis.Redis.from_url(broker.url).keys("*video*")}
 
-    depths = read_depths(make_inspect_app(broker.url, transport_options=options),
+    depths = read_depths(broker_app(broker.url, transport_options=options, fail_fast=True),
                          ["video", "empty"])
-    unprefixed = read_depths(make_inspect_app(broker.url), ["video"])
+    unprefixed = read_depths(broker_app(broker.url, fail_fast=True), ["video"])
 
     assert {"app:video", "app:video:4", "app:video:9"} <= keys  # what kombu wrote
     assert depths == {"video": 3, "empty": 0}
@@ -112,7 +113,7 @@ def test_depths_count_kombus_default_priority_keys(make_redis):
     producer.close()
     keys = {key.decode() for key in redis.Redis.from_url(broker.url).keys("video*")}
 
-    depths = read_depths(make_inspect_app(broker.url), ["video"])
+    depths = read_depths(broker_app(broker.url, fail_fast=True), ["video"])
 
     assert keys == {"video", "video\x06\x163", "video\x06\x166", "video\x06\x169"}
     assert depths == {"video": 4}
@@ -125,7 +126,7 @@ def test_a_key_that_is_not_a_list_gives_an_unknown_depth_for_that_queue_only(mak
     send(producer, "video")
     producer.close()
 
-    assert read_depths(make_inspect_app(broker.url), ["notalist", "video"]) == {
+    assert read_depths(broker_app(broker.url, fail_fast=True), ["notalist", "video"]) == {
         "notalist": None, "video": 1}
 
 

@@ -109,7 +109,7 @@ def test_a_hung_inspect_call_fails_the_poll_after_its_time_limit(monkeypatch):
     import signal
     import threading
 
-    from notify_server.celery_io import poller
+    from notify_server.celery_io import inspect_helper
 
     released = threading.Event()
 
@@ -123,13 +123,13 @@ def test_a_hung_inspect_call_fails_the_poll_after_its_time_limit(monkeypatch):
             def inspect(**_):
                 return HungInspect()
 
-    monkeypatch.setattr(poller, "_inspect_app", App)
-    monkeypatch.setattr(poller, "inspect_time_limit", lambda timeout: 0.2)
-    previous = signal.signal(signal.SIGALRM, poller._overran)
+    monkeypatch.setattr(inspect_helper, "_inspect_app", App)
+    monkeypatch.setattr(inspect_helper, "inspect_time_limit", lambda timeout: 0.2)
+    previous = signal.signal(signal.SIGALRM, inspect_helper._overran)
     try:
-        with pytest.raises(poller.InspectTimeout):
-            poller._inspect(None, 1.0, frozenset())
+        with pytest.raises(inspect_helper.InspectTimeout):
+            inspect_helper.poll(None, 1.0, frozenset())
     finally:
         signal.signal(signal.SIGALRM, previous)
         released.set()
-    assert isinstance(poller.InspectTimeout(), OSError)  # counted as a broker fault
+    assert isinstance(inspect_helper.InspectTimeout(), OSError)  # counted as a broker fault

@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from notify_server.celery_io import poller
+from notify_server.celery_io import inspect_helper
+from notify_server.celery_io.broker import FAIL_FAST_OPTIONS, broker_app, broker_errors
 from notify_server.queue.replies import normalise, queue_names, remember_queues
 from notify_server.queue.views import for_scope
 from tests.support.wsframes import free_port
@@ -48,17 +49,17 @@ def test_every_scope_sees_every_queue_depth():
 
 
 def test_a_broker_other_than_redis_reports_unknown_depths():
-    app = poller.make_inspect_app("memory://")
-    assert poller.read_depths(app, ["video", "celery"]) == {"celery": None, "video": None}
+    app = broker_app("memory://", fail_fast=True)
+    assert inspect_helper.read_depths(app, ["video", "celery"]) == {"celery": None, "video": None}
 
 
 def test_the_workers_transport_options_are_kept_but_the_poll_still_fails_fast():
     theirs = {"global_keyprefix": "app:", "priority_steps": [0, 5], "sep": ":",
               "socket_timeout": 60.0, "max_retries": 100, "master_name": "theirs"}
-    options = poller.make_inspect_app("redis://127.0.0.1:1/0", "ours",
-                                      theirs).conf.broker_transport_options
-    assert options == {**theirs, **poller.FAIL_FAST_OPTIONS}
-    assert poller.make_inspect_app("sentinel://127.0.0.1:1", "ours").conf \
+    options = broker_app("redis://127.0.0.1:1/0", "ours", theirs,
+                         fail_fast=True).conf.broker_transport_options
+    assert options == {**theirs, **FAIL_FAST_OPTIONS}
+    assert broker_app("sentinel://127.0.0.1:1", "ours", fail_fast=True).conf \
         .broker_transport_options["master_name"] == "ours"
 
 
@@ -75,7 +76,7 @@ class AnsweringInspect:
 
 
 def test_a_depth_read_the_broker_fails_leaves_the_poll_with_null_depths(monkeypatch):
-    dead_broker = poller.make_inspect_app(f"redis://127.0.0.1:{free_port()}/0")
+    dead_broker = broker_app(f"redis://127.0.0.1:{free_port()}/0", fail_fast=True)
 
     class App:
         class control:
@@ -85,11 +86,12 @@ def test_a_depth_read_the_broker_fails_leaves_the_poll_with_null_depths(monkeypa
 
         connection_or_acquire = dead_broker.connection_or_acquire
 
-    monkeypatch.setattr(poller, "_inspect_app", App)
-    monkeypatch.setattr(poller, "_broker_errors", poller.broker_errors(dead_broker.conf.broker_url))
-    previous = signal.signal(signal.SIGALRM, poller._overran)
+    monkeypatch.setattr(inspect_helper, "_inspect_app", App)
+    monkeypatch.setattr(inspect_helper, "_broker_errors",
+                        broker_errors(dead_broker.conf.broker_url))
+    previous = signal.signal(signal.SIGALRM, inspect_helper._overran)
     try:
-        result = poller._inspect(["celery@a"], 1.0, frozenset({"celery"}), ask_queues=True)
+        result = inspect_helper.poll(["celery@a"], 1.0, frozenset({"celery"}), ask_queues=True)
     finally:
         signal.signal(signal.SIGALRM, previous)
 
@@ -102,9 +104,9 @@ def test_a_depth_read_the_broker_fails_leaves_the_poll_with_null_depths(monkeypa
 
 @pytest.fixture
 def inspecting(monkeypatch):
-    """`_inspect` as the helper process runs it, against workers that answer
-    as `AnsweringInspect`; returns (run, asked): `run(*args, **kwargs)` calls
-    `_inspect`, `asked` lists each `active_queues` call."""
+    """`inspect_helper.poll` as the helper process runs it, against workers
+    that answer as `AnsweringInspect`; returns (run, asked): `run(*args,
+    **kwargs)` calls `poll`, `asked` lists each `active_queues` call."""
     asked = []
 
     class Inspect(AnsweringInspect):
@@ -118,14 +120,14 @@ def inspecting(monkeypatch):
             def inspect(**_):
                 return Inspect()
 
-        connection_or_acquire = poller.make_inspect_app("memory://").connection_or_acquire
+        connection_or_acquire = broker_app("memory://", fail_fast=True).connection_or_acquire
 
-    monkeypatch.setattr(poller, "_inspect_app", App)
+    monkeypatch.setattr(inspect_helper, "_inspect_app", App)
 
     def run(*args, **kwargs):
-        previous = signal.signal(signal.SIGALRM, poller._overran)
+        previous = signal.signal(signal.SIGALRM, inspect_helper._overran)
         try:
-            return poller._inspect(*args, **kwargs)
+            return inspect_helper.poll(*args, **kwargs)
         finally:
             signal.signal(signal.SIGALRM, previous)
     return run, asked
@@ -155,4 +157,4 @@ def test_queues_are_not_asked_when_a_named_worker_did_not_answer(inspecting):
 
 
 def test_the_poll_time_limit_covers_four_full_calls():
-    assert poller.inspect_time_limit(1.0) > 4 * 1.0
+    assert inspect_helper.inspect_time_limit(1.0) > 4 * 1.0
