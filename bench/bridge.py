@@ -93,6 +93,7 @@ from bench.procs import Child, RpcChild, free_port, serve_commands, wait_for_por
 from bench.stats import (histogram_delta, histogram_quantile, parse_prometheus_histogram,
                          scan_seq)
 from bench.systems import NO_LIMITS, ROOT
+from notify_server.protocol.names import Keys
 from notify_server.dev.embedded_redis import EmbeddedRedis
 
 BENCH = ROOT / "bench"
@@ -639,7 +640,7 @@ def frame_bytes(broker: redis.Redis) -> Optional[float]:
     """The mean size of the last 100 task events' frames, as the server frames
     them from the history (type, data and id; no owner)."""
     from notify_server.protocol.messages import parse_event
-    entries = broker.xrevrange("notify:events:history", count=100)
+    entries = broker.xrevrange(Keys().history_stream, count=100)
     sizes = [len(parse_event(fields["event"].encode(), entry_id).frame)
              for entry_id, fields in entries if '"task_' in fields["event"]]
     return round(sum(sizes) / len(sizes), 1) if sizes else None

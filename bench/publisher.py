@@ -32,6 +32,8 @@ import orjson
 
 from bench.procs import serve_commands
 
+from notify_server.protocol.names import Keys
+
 monotonic = time.monotonic
 BATCH_MAX = 200
 
@@ -53,7 +55,7 @@ class LuaPath:
         from notify_server.worker.emitter import EMIT_SCRIPT
         self.redis = Redis.from_url(redis_url, socket_timeout=None)
         self.script = self.redis.register_script(EMIT_SCRIPT)
-        self.keys = [f"{prefix}:events:history", f"{prefix}:events"]
+        self.keys = [Keys(prefix).history_stream, Keys(prefix).events_channel]
         self.maxlen = maxlen
 
     async def send(self, seqs: range, count: int, owner: Optional[str] = None) -> None:

@@ -20,6 +20,7 @@ import pytest
 import redis
 from playwright.sync_api import expect
 
+from notify_server.protocol.names import Keys
 from notify_server.protocol import task_events as events
 from notify_server.worker.emitter import EMIT_SCRIPT
 from tests.support.processes import ARTIFACTS, Child, start_server
@@ -120,7 +121,7 @@ def emit(server: Server, message: dict, owner: Optional[str] = None) -> None:
     client = redis.Redis.from_url(server.redis_url)
     try:
         client.register_script(EMIT_SCRIPT)(
-            keys=[f"{server.prefix}:events:history", f"{server.prefix}:events"],
+            keys=[Keys(server.prefix).history_stream, Keys(server.prefix).events_channel],
             args=[json.dumps(event, separators=(",", ":")), 10000])
     finally:
         client.close()

@@ -8,6 +8,7 @@ import uuid
 import redis
 from playwright.sync_api import expect
 
+from notify_server.protocol.names import Keys
 from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
 from tests.support.processes import ARTIFACTS, start_server
@@ -207,7 +208,7 @@ def test_dashboard_reconnects_resumes_missed_events_and_reloads_after_a_resync(
 
         assert server.stop() == 0
         expect(connection).not_to_have_attribute("data-state", "open")
-        redis.Redis.from_url(redis_server.url).delete(f"{prefix}:events:history")
+        redis.Redis.from_url(redis_server.url).delete(Keys(prefix).history_stream)
         emitter.emit(task_events.task_started("t-away-3", "AWAY-3"))
         server = start()
 

@@ -25,6 +25,7 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient
 
+from notify_server.protocol.names import Keys
 from notify_server.protocol import task_events
 from notify_server.protocol import close_codes
 from notify_server.worker.emitter import Emitter
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthW
 MAX_HEADER_SIZE = 16384
 METRICS_TOKEN = "scrape-" + uuid.uuid4().hex
 ALLOWED_ORIGIN = "http://app.example"
-HISTORY = "notify:events:history"
+HISTORY = Keys().history_stream
 OVERSIZE_HEAD = r"Unsatisfiable read, closing connection: delimiter .* not found within 16384 bytes"
 
 Server = collections.namedtuple("Server", "child port")

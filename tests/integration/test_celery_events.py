@@ -17,6 +17,7 @@ import pytest
 import redis
 from celery import Celery
 
+from notify_server.protocol.names import Keys
 from notify_server.protocol import task_events as events
 from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.worker.emitter import Emitter
@@ -28,7 +29,7 @@ from tests.support.tokens import SECRET, sign
 from tests.support.waiting import eventually
 
 PLAIN_APP = "tests.support.plain_app"
-HISTORY = "notify:events:history"
+HISTORY = Keys().history_stream
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +334,7 @@ def test_the_emit_script_writes_a_transition_once_whoever_writes_it(broker):
     bridge.emit(started, once=events.transition_key("t-1", events.TASK_STARTED, 1))  # a retry
     hook.emit({"type": "task_progress", "data": {"task_id": "t-1"}})  # no key: always written
 
-    entries = redis.Redis.from_url(broker.url).xrange(f"{prefix}:events:history")
+    entries = redis.Redis.from_url(broker.url).xrange(Keys(prefix).history_stream)
     assert [json.loads(fields[b"event"])["type"] for _, fields in entries] == [
         "task_started", "task_started", "task_progress"]
     assert (hook.written, hook.duplicates, bridge.written, bridge.duplicates) == (2, 0, 1, 1)

@@ -10,6 +10,7 @@ import json
 
 import redis
 
+from notify_server.protocol.names import Keys
 from notify_server.protocol import messages
 from notify_server.protocol import task_events
 from notify_server.protocol import close_codes
@@ -99,7 +100,7 @@ async def test_a_resumed_socket_gets_the_replay_then_queue_status_then_live_even
         for number in range(4):
             emitter.emit(progress("ORDER", number))
         history = redis.Redis.from_url(redis_server.url)
-        first_id = history.xrevrange("notify:events:history", count=4)[-1][0].decode()
+        first_id = history.xrevrange(Keys().history_stream, count=4)[-1][0].decode()
         history.close()
 
         client = await WsClient.connect(port, query=f"last_event_id={first_id}")

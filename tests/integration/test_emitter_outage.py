@@ -6,6 +6,7 @@ import logging
 import orjson
 import redis as redis_py
 
+from notify_server.protocol.names import Keys
 from notify_server.protocol import task_events
 from notify_server.worker.emitter import Emitter
 
@@ -28,7 +29,7 @@ def test_emitter_buffers_through_an_outage_and_writes_in_order_when_redis_return
         client = redis_py.Redis.from_url(server.url)
         history, cursor = [], "0-0"
         while len(history) < 6:  # the background flusher writes them: block until it has
-            reply = client.xread({"notify:events:history": cursor}, block=10_000)
+            reply = client.xread({Keys().history_stream: cursor}, block=10_000)
             assert reply, f"flusher wrote only {len(history)} of 6 events"
             history.extend(reply[0][1])
             cursor = history[-1][0]

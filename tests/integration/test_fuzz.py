@@ -29,6 +29,7 @@ import redis
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from notify_server.protocol.names import Keys
 from notify_server.protocol import task_events
 from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.worker.emitter import Emitter
@@ -174,7 +175,7 @@ class FuzzTarget:
             emitter.emit(task_events.task_progress(f"{tag}-{number}", tag, number, count, ""))
         history = redis.Redis.from_url(self.redis_url)
         self.history_ids = [entry_id.decode() for entry_id, _ in
-                            history.xrange("notify:events:history")]
+                            history.xrange(Keys().history_stream)]
         history.close()
 
     def open_connections(self) -> float:

@@ -23,6 +23,7 @@ import redis.asyncio
 from tornado.httpclient import HTTPClientError
 from tornado.iostream import StreamClosedError
 
+from notify_server.protocol.names import Keys
 from notify_server.worker.emitter import Emitter
 from notify_server.protocol.stream import parse_stream_id
 from tests.support.client import WsClient
@@ -37,7 +38,7 @@ TAG = "HA"
 RATE = 50            # events per second from the worker-side emitter
 CLIENTS = 20
 FINAL_BATCH = 50     # published at once after the promotion: the marker every client must get
-HISTORY = "notify:events:history"
+HISTORY = Keys().history_stream
 
 FIGURES: Dict[str, List[str]] = {}
 
@@ -219,7 +220,7 @@ def read_lease(address: Tuple[str, int]) -> Optional[str]:
     host, port = address
     client = redis.Redis(host=host, port=port, decode_responses=True)
     try:
-        return client.get("notify:poller:leader")
+        return client.get(Keys().leader_key)
     finally:
         client.close()
 
@@ -439,7 +440,7 @@ async def test_events_neither_the_replica_nor_the_server_got_are_announced_by_re
         # in between reach the replica only, and events after both reach neither,
         # though the primary acknowledged them to the emitter.
         await loop.run_in_executor(None, cluster.lag_subscribers,
-                                   lambda: run.server.signal(signal.SIGSTOP), "notify:events")
+                                   lambda: run.server.signal(signal.SIGSTOP), Keys().events_channel)
         await loop.run_in_executor(None, cluster.lag_replica)
         await primary_acknowledged(cluster, run.publisher.published + 10)
         await run.kill_primary(then=lambda: run.server.signal(signal.SIGCONT))

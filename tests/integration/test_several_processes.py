@@ -26,6 +26,7 @@ import redis.asyncio
 from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
+from notify_server.protocol.names import Keys
 from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.worker.emitter import Emitter
 from tests.support import http_probe
@@ -50,8 +51,8 @@ SERVER_ENV = {
 }
 CLIENTS = 300
 RATE = 50  # events per second
-HISTORY = "notify:events:history"
-SNAPSHOT_KEY = "notify:queue:snapshot"
+HISTORY = Keys().history_stream
+SNAPSHOT_KEY = Keys().queue_key
 BROADCAST_WINDOW = 4.0  # seconds over which inspect broadcasts are counted
 FIGURES: Dict[str, List[str]] = {}
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from notify_server.protocol.names import Keys
 from tests.support.processes import Child
 from tests.support.tasks import unique_avid
 
-HISTORY, CHANNEL = "notify:events:history", "notify:events"
+HISTORY, CHANNEL = Keys().history_stream, Keys().events_channel
 DEMO_TASK = "notify_server.demo.download"
 FINAL = {"task_completed", "task_failed"}
 
