@@ -48,24 +48,22 @@ class Hub:
     def add(self, session: Session) -> None:
         self._sessions.add(session)
         session.on_mode_change = self._invalidate
-        owners = session.scope.owners
-        if owners is None:
+        if session.scope.sees_everything:
             self._everyone.add(session)
             self._split = None
         else:
-            for owner in owners:
+            for owner in session.scope.owners:
                 self._by_owner.setdefault(owner, set()).add(session)
 
     def discard(self, session: Session) -> None:
         if session not in self._sessions:
             return
         self._sessions.discard(session)
-        owners = session.scope.owners
-        if owners is None:
+        if session.scope.sees_everything:
             self._everyone.discard(session)
             self._split = None
         else:
-            for owner in owners:
+            for owner in session.scope.owners:
                 members = self._by_owner.get(owner)
                 if members is not None:
                     members.discard(session)

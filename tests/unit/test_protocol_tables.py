@@ -1,7 +1,9 @@
-"""The Redis names workers and servers meet at are the ones docs/protocol.md section 6 documents."""
+"""What workers, servers and clients meet at, as docs/protocol.md documents it: the Redis
+names (section 6) and the close codes (section 2.6)."""
 
 from pathlib import Path
 
+from notify_server.protocol import close_codes
 from notify_server.protocol.names import Keys
 
 PROTOCOL = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
@@ -19,3 +21,13 @@ def test_every_key_under_a_prefix_is_documented_as_protocol_md_names_it():
 
 def test_the_default_prefix_is_notify():
     assert Keys().history_stream == "notify:events:history"
+
+
+def test_every_close_the_server_sends_is_a_row_of_the_close_code_table():
+    table = PROTOCOL.split("### 2.6 Close codes", 1)[1].split("###", 1)[0]
+    closes = [value for value in vars(close_codes).values() if isinstance(value, close_codes.Close)]
+    assert len(closes) == 6
+    assert [close for close in closes
+            if f"| {close.code} | `{close.reason}`" not in table
+            and f"`{close.reason}`" not in table.split(f"| {close.code} |", 1)[-1].split("\n")[0]
+            ] == []
