@@ -173,7 +173,7 @@ class NotifyServer:
         def closed() -> None:
             if connection in self._connections:
                 self._connections.discard(connection)
-                admitted()
+                self.admission.leave(connection)
             if self._all_closed is not None and not self._connections:
                 self._all_closed.set()
 
@@ -182,7 +182,7 @@ class NotifyServer:
                                 on_slow=self.metrics.slow_client_closed)
         session = Session(connection.write, connection.close, self.metrics.delivered, scope)
         self._connections.add(connection)
-        admitted = self.admission.admit(connection, scope)
+        self.admission.admit(connection, scope)
         self.heartbeat.add(connection)
         if self._all_closed is not None:
             connection.close(*close_codes.SHUTTING_DOWN)

@@ -75,19 +75,21 @@ class Admission:
         return ActionBucket(self._config.action_rate, self._config.action_burst,
                             self._monotonic())
 
-    def admit(self, connection, scope: Scope) -> Callable[[], None]:
-        """Count an opened `connection` (its `peer` address) and close it with
-        4001 when `scope`'s token runs out; returns what ends both, to call
-        once it closed."""
-        release = self.hold_slot(connection.peer)
+    def admit(self, connection, scope: Scope) -> None:
+        """Count an opened `connection` (its `peer` address) against the
+        limits and close it with 4001 when `scope`'s token runs out, until
+        `leave(connection)`. Nothing is allocated per socket but the count
+        (and the expiry timer in token mode)."""
+        self._counter.add(connection.peer)
         self.expire_at(connection, scope)
 
-        def leave() -> None:
-            release()
-            handle = self._expiry.pop(connection, None)
-            if handle is not None:
-                handle.cancel()
-        return leave
+    def leave(self, connection) -> None:
+        """`connection`, admitted once, has closed: stop counting it and
+        cancel its expiry. Call it once."""
+        self._counter.remove(connection.peer)
+        handle = self._expiry.pop(connection, None)
+        if handle is not None:
+            handle.cancel()
 
     def refresh(self, connection, scope: Scope, token: str) -> Tuple[Scope, bytes]:
         """Take a newer token for an open socket seeing `scope`: the same

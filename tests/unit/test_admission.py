@@ -79,12 +79,13 @@ def test_a_bad_token_is_refused_and_counted():
 def test_limits_count_admitted_and_held_sockets_until_they_leave():
     refused = []
     gate = admission(refused, max_connections=2, max_connections_per_ip=1)
-    leave = gate.admit(Peer("a"), EVERYONE)
+    peer = Peer("a")
+    gate.admit(peer, EVERYONE)
     assert gate.refusal("a")[0] == 429
     release = gate.hold_slot("b")
     assert gate.refusal("c")[0] == 503
     assert refused == ["limit", "limit"]
-    leave()
+    gate.leave(peer)
     release()
     release()  # twice is once
     assert gate.refusal("a") is None and gate.refusal("c") is None
@@ -107,12 +108,12 @@ def test_refresh_moves_the_expiry_and_leaving_cancels_it():
     gate = admission([], timers, auth_secrets=(SECRET,), auth_leeway=0.0)
     peer = Peer()
     scope = gate.authenticate(token(exp=NOW + 10))
-    leave = gate.admit(peer, scope)
+    gate.admit(peer, scope)
     renewed, reply = gate.refresh(peer, scope, token(exp=NOW + 100, owners=["alice", "team"]))
     first, second = timers.pending
     assert first.cancelled and second.delay == 100.0
     assert renewed.owners == frozenset({"alice", "team"}) and b'"refreshed"' in reply
-    leave()
+    gate.leave(peer)
     assert second.cancelled
 
 
