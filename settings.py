@@ -15,10 +15,9 @@ import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from notify_server.access.auth import MIN_SECRET_LENGTH
+from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig, SocketConfig
 from notify_server.protocol.names import DEFAULT_SENTINEL_MASTER, parse_addresses
 from notify_server.redis_io.clients import RedisLocation, sentinel_broker_url
-from notify_server.config import (AccessConfig, CeleryConfig, RedisConfig, ServerConfig,
-                                  SocketConfig)
 
 # More clock leeway than this would keep an expired token working for long.
 MAX_LEEWAY = 30.0

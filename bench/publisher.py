@@ -31,7 +31,6 @@ from typing import Optional
 import orjson
 
 from bench.procs import serve_commands
-
 from notify_server.protocol.names import Keys
 
 monotonic = time.monotonic

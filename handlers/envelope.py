@@ -6,8 +6,8 @@ import tornado.web
 from tornado.httputil import responses
 from tornado.log import app_log, gen_log
 
-
 from .origin import origin_allowed
+
 
 def write_envelope(handler: tornado.web.RequestHandler, code: int, message: str, data) -> None:
     """Finish `handler`'s request with HTTP status `code` and the envelope

@@ -4,7 +4,6 @@ import orjson
 import tornado.web
 
 
-
 class LivenessHandler(tornado.web.RequestHandler):
     """`GET /healthz`: 200 ``{"status": "ok"}`` while the event loop answers."""
 

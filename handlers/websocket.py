@@ -7,10 +7,9 @@ import time
 import tornado.web
 import tornado.websocket
 
-from notify_server.protocol import messages
-from notify_server.protocol import close_codes
 from notify_server.access.auth import AuthError, bearer_token
 from notify_server.edge.connection import OPEN
+from notify_server.protocol import close_codes, messages
 from notify_server.protocol.messages import ProtocolError
 
 from .envelope import log_exception, write_envelope

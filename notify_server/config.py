@@ -9,8 +9,8 @@ here reads the environment.
 import dataclasses
 from typing import Mapping, Optional, Tuple
 
-from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG,
-                                          DEFAULT_PREFIX, DEFAULT_SUBJECT_ARG, Keys)
+from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG, DEFAULT_PREFIX,
+                                          DEFAULT_SUBJECT_ARG, Keys)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from tornado.iostream import IOStream
 from notify_server.access.admission import Admission
 from notify_server.access.auth import EVERYONE, Scope
 from notify_server.celery_io.bridge import CeleryEventBridge
+from notify_server.celery_io.poller import QueuePoller
 from notify_server.config import ServerConfig
 from notify_server.delivery.hub import Hub
 from notify_server.delivery.queue_views import QueueViews
@@ -28,12 +29,11 @@ from notify_server.delivery.session import Session
 from notify_server.edge.connection import OPEN, Connection
 from notify_server.edge.heartbeat import Heartbeat
 from notify_server.metrics import Metrics
-from notify_server.celery_io.poller import QueuePoller
 from notify_server.protocol import close_codes, messages, task_events
+from notify_server.protocol.names import TASK_LISTS
 from notify_server.protocol.stream import Event
 from notify_server.queue.state import QueueState
 from notify_server.queue.views import for_scope, with_workers, workers_moved
-from notify_server.protocol.names import TASK_LISTS
 from notify_server.redis_io.clients import RedisLocation
 from notify_server.redis_io.history import History
 from notify_server.redis_io.lease import Lease
@@ -63,14 +63,13 @@ class NotifyServer:
     def __init__(self, config: ServerConfig):
         self.config = config
         keys = config.redis.keys
-        loop_call_later = lambda *args: asyncio.get_running_loop().call_later(*args)  # noqa: E731
         self.queue = QueueState()
         self.views = QueueViews()
         # Every socket not yet CLOSED (open or closing): what shutdown waits for.
         self._connections: Set[Connection] = set()
-        self._all_closed: Optional[asyncio.Event] = None  # set by `_closed` while stopping
+        self._all_closed: Optional[asyncio.Event] = None  # set, while stopping, once none is left
         self.metrics = Metrics(open_connections=lambda: len(self._connections))
-        self.admission = Admission(config.access, time.time, time.monotonic, loop_call_later,
+        self.admission = Admission(config.access, time.time, time.monotonic, _call_later,
                                    lambda reason: self.metrics.refused.labels(reason).inc())
         self.hub = Hub(on_sent=lambda kind, count: self.metrics.sent_of(kind).inc(count))
         self.heartbeat = Heartbeat(config.sockets.ping_interval, config.sockets.ping_timeout)
@@ -292,3 +291,7 @@ class NotifyServer:
             with_workers(EMPTY_QUEUE, self._worker_table) if data is None else data)
         sent = self.hub.send_live(everything, frame_for)
         self.metrics.sent_of(messages.QUEUE_STATUS).inc(sent)
+
+
+def _call_later(delay: float, callback, *args) -> asyncio.TimerHandle:
+    return asyncio.get_running_loop().call_later(delay, callback, *args)

@@ -8,7 +8,7 @@ loop's. Every method runs on the event-loop thread.
 
 from typing import Callable, Dict, Optional, Tuple
 
-from notify_server.access.auth import EVERYONE, AuthError, Authenticator, Scope
+from notify_server.access.auth import EVERYONE, Authenticator, AuthError, Scope
 from notify_server.access.limits import ActionBucket, ConnectionCounter
 from notify_server.config import AccessConfig
 from notify_server.protocol import close_codes, messages

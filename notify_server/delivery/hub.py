@@ -18,9 +18,9 @@ import logging
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from notify_server.access.auth import Scope
+from notify_server.delivery.session import Session
 from notify_server.protocol import close_codes
 from notify_server.protocol.stream import Event, joined_frames
-from notify_server.delivery.session import Session
 
 log = logging.getLogger(__name__)
 

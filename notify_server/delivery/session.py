@@ -8,7 +8,7 @@ callables and calls these methods on the event-loop thread only.
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from notify_server.access.auth import EVERYONE, Scope
-from notify_server.protocol.messages import ProtocolError, RESUME_IN_PROGRESS
+from notify_server.protocol.messages import RESUME_IN_PROGRESS, ProtocolError
 from notify_server.protocol.stream import Event, joined_frames, parse_stream_id
 
 

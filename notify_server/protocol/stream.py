@@ -13,6 +13,7 @@ import orjson
 from notify_server.protocol.framing import text_frame
 from notify_server.protocol.task_events import WORKER_EVENTS, owner_text
 
+
 class InvalidEvent(ValueError):
     """A payload on the events channel or stream that is not a protocol event."""
 

@@ -15,11 +15,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from notify_server.delivery.relay_cursor import RelayCursor
 from notify_server.protocol.names import Keys
+from notify_server.protocol.stream import Event, InvalidEvent, parse_event
 from notify_server.redis_io.backoff import Backoff
 from notify_server.redis_io.history import History
-from notify_server.protocol.stream import Event, InvalidEvent, parse_event
-from notify_server.delivery.relay_cursor import RelayCursor
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Deque, Optional, Sequence, Tuple
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
-from redis.sentinel import Sentinel
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from notify_server.protocol.names import DEFAULT_HISTORY_MAXLEN, DEFAULT_PREFIX, Keys
 from notify_server.protocol.task_events import ONCE_WINDOW, encode_event

@@ -17,9 +17,9 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 from celery import Celery, current_task, signals
 
 from notify_server.protocol import task_events as events
-from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG,
-                                          DEFAULT_PREFIX, DEFAULT_SENTINEL_MASTER,
-                                          DEFAULT_SUBJECT_ARG, parse_addresses)
+from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG, DEFAULT_PREFIX,
+                                          DEFAULT_SENTINEL_MASTER, DEFAULT_SUBJECT_ARG,
+                                          parse_addresses)
 from notify_server.worker.emitter import Emitter
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ import pytest
 import redis
 from playwright.sync_api import expect
 
-from notify_server.protocol.names import Keys
 from notify_server.protocol import task_events as events
+from notify_server.protocol.names import Keys
 from notify_server.worker.emitter import EMIT_SCRIPT
 from tests.support.processes import ARTIFACTS, Child, start_server
 from tests.support.static_site import serve_directory

@@ -8,8 +8,8 @@ import uuid
 import redis
 from playwright.sync_api import expect
 
-from notify_server.protocol.names import Keys
 from notify_server.protocol import task_events
+from notify_server.protocol.names import Keys
 from notify_server.worker.emitter import Emitter
 from tests.support.processes import ARTIFACTS, start_server
 from tests.support.tasks import submit, unique_avid

@@ -17,10 +17,9 @@ import time
 
 import pytest
 
-from notify_server.protocol import task_events
-from notify_server.protocol import close_codes
-from notify_server.worker.emitter import Emitter
+from notify_server.protocol import close_codes, task_events
 from notify_server.protocol.task_events import with_owner
+from notify_server.worker.emitter import Emitter
 from tests.support.async_peer import AsyncPeer
 from tests.support.client import WsClient
 from tests.support.http_probe import scrape

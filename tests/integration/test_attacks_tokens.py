@@ -25,11 +25,10 @@ import pytest
 import redis
 from tornado.httpclient import AsyncHTTPClient
 
+from notify_server.protocol import close_codes, task_events
 from notify_server.protocol.names import Keys
-from notify_server.protocol import task_events
-from notify_server.protocol import close_codes
-from notify_server.worker.emitter import Emitter
 from notify_server.protocol.task_events import with_owner
+from notify_server.worker.emitter import Emitter
 from tests.support.async_peer import AsyncPeer, open_stream
 from tests.support.client import WsClient, of_task, queue_status_where
 from tests.support.processes import start_server

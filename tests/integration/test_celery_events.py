@@ -17,9 +17,9 @@ import pytest
 import redis
 from celery import Celery
 
-from notify_server.protocol.names import Keys
-from notify_server.protocol import task_events as events
 from notify_server.dev.embedded_redis import EmbeddedRedis
+from notify_server.protocol import task_events as events
+from notify_server.protocol.names import Keys
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task
 from tests.support.http_probe import readyz, scrape

@@ -6,8 +6,8 @@ import logging
 import orjson
 import redis as redis_py
 
-from notify_server.protocol.names import Keys
 from notify_server.protocol import task_events
+from notify_server.protocol.names import Keys
 from notify_server.worker.emitter import Emitter
 
 

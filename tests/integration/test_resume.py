@@ -3,8 +3,8 @@
 import asyncio
 import threading
 
-from notify_server.worker.emitter import Emitter
 from notify_server.protocol.stream import parse_stream_id
+from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient
 from tests.support.processes import start_server
 from tests.support.progress_events import numbers, progress

@@ -24,8 +24,8 @@ from tornado.httpclient import HTTPClientError
 from tornado.iostream import StreamClosedError
 
 from notify_server.protocol.names import Keys
-from notify_server.worker.emitter import Emitter
 from notify_server.protocol.stream import parse_stream_id
+from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient
 from tests.support.http_probe import readyz
 from tests.support.processes import ARTIFACTS, Child, start_server

@@ -26,8 +26,8 @@ import redis.asyncio
 from celery import Celery
 from tornado.httpclient import AsyncHTTPClient
 
-from notify_server.protocol.names import Keys
 from notify_server.dev.embedded_redis import EmbeddedRedis
+from notify_server.protocol.names import Keys
 from notify_server.worker.emitter import Emitter
 from tests.support import http_probe
 from tests.support.nginx import Nginx

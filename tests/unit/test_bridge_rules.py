@@ -3,8 +3,8 @@ what a new leader writes again, and when the helper probes, reports its
 worker table and looks for silent workers. No Celery, broker or Redis."""
 
 from notify_server.celery_io.bridge_mapping import CeleryEventMapper
-from notify_server.celery_io.bridge_rules import (EXPIRY_CHECK_INTERVAL, Every, Probe,
-                                                  TableReports, Takeover, replay_window)
+from notify_server.celery_io.bridge_rules import (EXPIRY_CHECK_INTERVAL, Every, Probe, TableReports,
+                                                  Takeover, replay_window)
 
 
 def test_a_follower_writes_nothing_it_reads():

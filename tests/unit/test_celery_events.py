@@ -4,13 +4,13 @@ messages (and their transition keys) out; the worker table; public worker events
 import orjson
 import pytest
 
-from notify_server.protocol import task_events as events
 from notify_server.access.auth import Scope
 from notify_server.celery_io.bridge_mapping import CeleryEventMapper
 from notify_server.delivery.hub import Hub
+from notify_server.delivery.session import Session
+from notify_server.protocol import task_events as events
 from notify_server.protocol.stream import Event
 from notify_server.queue.views import with_workers, workers_moved
-from notify_server.delivery.session import Session
 from tests.support.wsframes import text_payloads
 
 

@@ -5,10 +5,10 @@ import socket
 
 from tornado.iostream import IOStream
 
-from notify_server.edge.connection import CLOSED, CLOSING, OPEN, Connection
-from notify_server.protocol.framing import text_frame
-from notify_server.protocol.close_codes import SLOW
 from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig
+from notify_server.edge.connection import CLOSED, CLOSING, OPEN, Connection
+from notify_server.protocol.close_codes import SLOW
+from notify_server.protocol.framing import text_frame
 from notify_server.server import NotifyServer
 from tests.support.wsframes import OPCODE_TEXT, read_available, split_frames, text_payloads
 

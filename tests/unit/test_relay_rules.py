@@ -1,7 +1,7 @@
 """The relay's rules (notify_server.delivery.relay_cursor): dedupe, gap fill, resync; no Redis."""
 
-from notify_server.protocol.stream import Event
 from notify_server.delivery.relay_cursor import START, RelayCursor
+from notify_server.protocol.stream import Event
 
 
 def event(event_id=None, task_id="t"):

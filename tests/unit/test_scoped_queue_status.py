@@ -7,8 +7,8 @@ import orjson
 from tornado.iostream import IOStream
 
 from notify_server.access.auth import EVERYONE, Scope
-from notify_server.queue.replies import normalise
 from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig
+from notify_server.queue.replies import normalise
 from notify_server.server import NotifyServer
 from tests.support.wsframes import read_available, text_payloads
 

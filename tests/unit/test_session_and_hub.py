@@ -1,11 +1,11 @@
 import orjson
 import pytest
 
-from notify_server.protocol.framing import text_frame
 from notify_server.delivery.hub import Hub
+from notify_server.delivery.session import Session
+from notify_server.protocol.framing import text_frame
 from notify_server.protocol.messages import ProtocolError
 from notify_server.protocol.stream import Event
-from notify_server.delivery.session import Session
 from tests.support.wsframes import text_payloads
 
 

@@ -8,8 +8,8 @@ import pytest
 
 import settings
 from notify_server.config import ServerConfig
-from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG,
-                                          DEFAULT_PREFIX, DEFAULT_SUBJECT_ARG)
+from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG, DEFAULT_PREFIX,
+                                          DEFAULT_SUBJECT_ARG)
 
 # What only the web layer (run.py, handlers) reads, and what reaches the core by a rule.
 WEB_ONLY = {"host", "port", "allowed_origins", "max_message_size", "metrics_token",
