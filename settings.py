@@ -15,7 +15,8 @@ import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from notify_server.access.auth import MIN_SECRET_LENGTH
-from notify_server.config import AccessConfig, CeleryConfig, RedisConfig, ServerConfig, SocketConfig
+from notify_server.config import (AccessConfig, CeleryConfig, RecordsConfig, RedisConfig,
+                                  ServerConfig, SocketConfig)
 from notify_server.protocol.names import DEFAULT_SENTINEL_MASTER, parse_addresses
 from notify_server.redis_io.clients import RedisLocation, sentinel_broker_url
 
@@ -307,6 +308,16 @@ SETTINGS = (
     Setting("xheaders", "NOTIFY_XHEADERS", _bool,
             "trust X-Real-IP/X-Forwarded-For and X-Forwarded-Proto from a reverse proxy (set "
             "it only behind one, see Deployment)", default=False),
+    Setting("task_retention", "NOTIFY_TASK_RETENTION", _seconds(0, inclusive=False),
+            "seconds a task's record is kept after its first event (7 days)",
+            to="records.retention"),
+    Setting("task_failed_retention", "NOTIFY_TASK_FAILED_RETENTION",
+            _seconds(0, inclusive=False),
+            "seconds a failed task's record is kept (30 days; the last to go when "
+            "`NOTIFY_TASK_MAX` is reached)", to="records.failed_retention"),
+    Setting("task_max", "NOTIFY_TASK_MAX", _count(1, ""),
+            "task records kept at most; beyond it the oldest finished ones go first",
+            to="records.max_records"),
     Setting("demo", "NOTIFY_DEMO", _bool,
             "also start a Celery worker on the demo app and a task producer", default=False),
 )
@@ -333,7 +344,7 @@ class _Derived:
     def server_config(self, instance: str) -> ServerConfig:
         """What the core needs; `redis_url` must be set (run.py fills it in).
         `instance` names this process (host:port:pid) to the others."""
-        parts = {"redis": {}, "celery": {}, "sockets": {}, "access": {}, "": {}}
+        parts = {"redis": {}, "celery": {}, "sockets": {}, "access": {}, "records": {}, "": {}}
         for setting in SETTINGS:
             if setting.to is not None:
                 part, _, name = setting.to.rpartition(".")
@@ -347,6 +358,7 @@ class _Derived:
                             celery=CeleryConfig(**parts["celery"]),
                             sockets=SocketConfig(**parts["sockets"]),
                             access=AccessConfig(**parts["access"]),
+                            records=RecordsConfig(**parts["records"]),
                             instance=instance, **parts[""])
 
 

@@ -6,12 +6,12 @@ import tornado.web
 from tornado.log import access_log
 
 from .dashboard import STATIC_DIR, DashboardHandler, StaticHandler
-from .health import LivenessHandler, ReadinessHandler
 from .envelope import ApiNotFoundHandler
+from .health import LivenessHandler, ReadinessHandler
 from .metrics import MetricsHandler
 from .rest import QueueStatusHandler
+from .tasks import TaskHandler, TaskListHandler, TaskMinutesHandler
 from .websocket import TaskSocketHandler
-
 
 # A token in a query string (`?token=...`) is a credential: never written to the log.
 TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#]*")
@@ -45,6 +45,9 @@ def make_application(server, *, allowed_origins, max_message_size: int,
         [
             (r"/ws/tasks/?", TaskSocketHandler, {**args, "allowed_origins": allowed_origins}),
             (r"/api/tasks/queue/status/?", QueueStatusHandler, args),
+            (r"/api/tasks/stats/minutes/?", TaskMinutesHandler, args),
+            (r"/api/tasks/?", TaskListHandler, args),
+            (r"/api/tasks/([^/]+)/?", TaskHandler, args),
             (r"/api/.*", ApiNotFoundHandler),
             (r"/healthz", LivenessHandler),
             (r"/readyz", ReadinessHandler, args),

@@ -1,10 +1,14 @@
 """The base of the JSON API endpoints: the seed's envelope for every answer and
 every error, and CORS for the allowed origins."""
 
+from typing import Optional
+
 import orjson
 import tornado.web
 from tornado.httputil import responses
 from tornado.log import app_log, gen_log
+
+from notify_server.access.auth import AuthError, Scope, bearer_token
 
 from .origin import origin_allowed
 
@@ -74,6 +78,19 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def send_envelope(self, code: int, message: str, data) -> None:
         write_envelope(self, code, message, data)
+
+    def scope_or_401(self, server) -> Optional[Scope]:
+        """The scope of the request's token (`?token=` or `Authorization:
+        Bearer`; open mode: everything), or None after answering 401 with
+        `WWW-Authenticate: Bearer` and the reason."""
+        token = (self.get_query_argument("token", None)
+                 or bearer_token(self.request.headers.get("Authorization")))
+        try:
+            return server.admission.authenticate(token)
+        except AuthError as exc:
+            self.set_header("WWW-Authenticate", 'Bearer realm="notify-server"')
+            self.send_envelope(401, str(exc), None)
+            return None
 
     def log_exception(self, typ, value, tb) -> None:
         log_exception(self, typ, value, tb)

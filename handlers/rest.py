@@ -1,7 +1,5 @@
 """REST: `GET /api/tasks/queue/status`."""
 
-from notify_server.access.auth import AuthError, bearer_token
-
 from .envelope import JsonHandler
 
 
@@ -21,13 +19,8 @@ class QueueStatusHandler(JsonHandler):
         self.server = server
 
     def get(self) -> None:
-        token = (self.get_query_argument("token", None)
-                 or bearer_token(self.request.headers.get("Authorization")))
-        try:
-            scope = self.server.admission.authenticate(token)
-        except AuthError as exc:
-            self.set_header("WWW-Authenticate", 'Bearer realm="notify-server"')
-            self.send_envelope(401, str(exc), None)
+        scope = self.scope_or_401(self.server)
+        if scope is None:
             return
         data, reason = self.server.queue_snapshot(scope)
         if data is None:

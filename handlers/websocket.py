@@ -6,11 +6,13 @@ import time
 
 import tornado.web
 import tornado.websocket
+from redis.exceptions import RedisError
 
 from notify_server.access.auth import AuthError, bearer_token
 from notify_server.edge.connection import OPEN
 from notify_server.protocol import close_codes, messages
 from notify_server.protocol.messages import ProtocolError
+from notify_server.server import RECORD_READ_TIMEOUT
 
 from .envelope import log_exception, write_envelope
 from .origin import origin_allowed
@@ -30,7 +32,7 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     On open the client gets the `queue_status` it may see, then every task
     event of its scope (or, after `?last_event_id=ID`, the history after ID,
     a `queue_status` and then the live stream). Actions: `get_queue_status`,
-    `ping`, `subscribe`, `resume`, `refresh`, at most `action_rate` per
+    `ping`, `subscribe`, `resume`, `refresh`, `get_task`, at most `action_rate` per
     second with bursts of `action_burst`: over it the reply is
     `rate_limited`, and a client that keeps going is closed with 1008. Bad
     frames get an `error` reply and the socket stays open. A frame over
@@ -111,11 +113,12 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
             return self._rate_limited()
         return self._handle(frame)
 
-    def _handle(self, frame) -> None:
+    def _handle(self, frame):
         try:
-            self._act(messages.parse_action(frame, self.server.config.access.max_subscribe))
+            return self._act(messages.parse_action(frame, self.server.config.access.max_subscribe))
         except ProtocolError as exc:
             self._reply(messages.ERROR, messages.frame(exc.reply()))
+            return None
 
     def _rate_limited(self):
         if self.bucket.flooding:
@@ -128,13 +131,17 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
             messages.RATE_LIMITED, f"more than {self.bucket.rate:g} actions per second; "
                                    "slow down or the socket is closed")))
 
-    def _act(self, action: messages.Action) -> None:
+    def _act(self, action: messages.Action):
+        """Run one action; an awaitable for those that read Redis (Tornado
+        awaits it before the next frame, so replies keep the actions' order)."""
         if action.name == "get_queue_status":
             self._reply(messages.QUEUE_STATUS, self.server.queue_status_frame(self.session.scope))
         elif action.name == "ping":
             self._reply(messages.PONG, messages.frame(messages.pong(time.time())))
         elif action.name == "subscribe":
-            self.session.subscribe(action.task_ids, action.avids)
+            return self._subscribe(action)
+        elif action.name == "get_task":
+            return self._get_task(action.task_id)
         elif action.name == "resume":
             self.server.start_resume(self.connection, self.session, action.last_event_id)
         elif action.name == "refresh":
@@ -142,6 +149,33 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
                                                          action.token)
             self.server.hub.rescope(self.session, scope)
             self._reply(messages.REFRESHED, reply)
+        return None
+
+    async def _subscribe(self, action: messages.Action) -> None:
+        try:
+            await self.server.subscribe(self.session, action.task_ids, action.avids)
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)
+
+    async def _get_task(self, task_id: str) -> None:
+        try:
+            record = await asyncio.wait_for(
+                self.server.records.find(task_id, self.session.scope), RECORD_READ_TIMEOUT)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._unavailable(exc)
+            return
+        if record is None:
+            self._reply(messages.ERROR, messages.frame(messages.error(
+                messages.NOT_FOUND, "no record of this task (unknown, past its retention, "
+                                    "or not yours)")))
+        else:
+            self._reply(messages.TASK, messages.frame(messages.task(record)))
+
+    def _unavailable(self, exc: Exception) -> None:
+        log.warning("task records could not be read for a socket: %s", exc or type(exc).__name__)
+        self._reply(messages.ERROR, messages.frame(messages.error(
+            messages.UNAVAILABLE, "task records cannot be read now (Redis); live events "
+                                  "still arrive, try again")))
 
     def on_close(self) -> None:
         if self.connection is not None:

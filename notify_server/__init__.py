@@ -8,6 +8,7 @@ only celery and redis; nothing here imports `handlers`, `settings` or `run`
 (tests/unit/test_boundaries.py).
 
 protocol/                     the wire: message shapes, stream ids, frames (pure)
+protocol/emit_script.py       the emit script: an event and its task's record in one step (stdlib)
 protocol/close_codes.py       every close code and reason the server sends, one table
 protocol/framing.py           WebSocket text frames, built once for every client
 protocol/messages.py          server replies built and encoded, client actions parsed
@@ -23,6 +24,9 @@ delivery/hub.py               the open sessions; a broadcast framed once, offere
 delivery/queue_views.py       queue_status frames per scope's view, and whom a change reaches
 delivery/relay_cursor.py      which relayed events are new, where a gap fill starts, resyncs
 delivery/session.py           one client's filter, scope and held live events during a resume
+records/                      task records: what clients see of them, how lists page (pure)
+records/query.py              a task list's filters checked, its bounds and cursors
+records/record.py             a record as clients get it, from the hash the script keeps
 queue/                        the queue snapshot's rules (pure)
 queue/poll_outcome.py         what one inspect poll means: publish, poll again or stale
 queue/replies.py              inspect replies and queue depths as queue_status data
@@ -34,6 +38,7 @@ redis_io/backoff.py           reconnect delays: exponential backoff with full ji
 redis_io/clients.py           where Redis is: one URL, or the primary Sentinel names
 redis_io/history.py           reads of the event history stream, for gap fills and resumes
 redis_io/lease.py             the renewed lease that makes one server process the leader
+redis_io/records.py           task records read, listed, counted per minute and swept
 redis_io/relay.py             the one subscription: events and shared snapshots in, gaps filled
 redis_io/resume.py            client resumes: the history after a last id, then live
 redis_io/snapshot_store.py    the queue snapshot: written by the leader, adopted by all

@@ -9,6 +9,8 @@ here reads the environment.
 import dataclasses
 from typing import Mapping, Optional, Tuple
 
+from notify_server.protocol.emit_script import (DEFAULT_FAILED_RETENTION, DEFAULT_MAX_RECORDS,
+                                                DEFAULT_RETENTION, DEFAULT_TIMELINE)
 from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG, DEFAULT_PREFIX,
                                           DEFAULT_SUBJECT_ARG, Keys)
 
@@ -68,6 +70,16 @@ class AccessConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RecordsConfig:
+    """How long task records are kept and how many (docs/protocol.md 6.5)."""
+
+    retention: float = DEFAULT_RETENTION                # seconds after a record's first event
+    failed_retention: float = DEFAULT_FAILED_RETENTION  # the same, for failed tasks
+    max_records: int = DEFAULT_MAX_RECORDS              # beyond it the oldest finished go first
+    timeline: int = DEFAULT_TIMELINE                    # events a record lists (oldest dropped)
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Everything one server process needs, by part."""
 
@@ -75,6 +87,7 @@ class ServerConfig:
     celery: CeleryConfig = dataclasses.field(default_factory=CeleryConfig)
     sockets: SocketConfig = dataclasses.field(default_factory=SocketConfig)
     access: AccessConfig = dataclasses.field(default_factory=AccessConfig)
+    records: RecordsConfig = dataclasses.field(default_factory=RecordsConfig)
     leader_ttl: float = 5.0           # the poller lease
     instance: str = "notify-server"   # this process, as the lease and /readyz name it
 

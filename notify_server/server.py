@@ -37,6 +37,7 @@ from notify_server.queue.views import for_scope, with_workers, workers_moved
 from notify_server.redis_io.clients import RedisLocation
 from notify_server.redis_io.history import History
 from notify_server.redis_io.lease import Lease
+from notify_server.redis_io.records import TaskRecords
 from notify_server.redis_io.relay import Relay
 from notify_server.redis_io.resume import Resumer
 from notify_server.redis_io.snapshot_store import SharedSnapshot
@@ -49,6 +50,9 @@ LIFECYCLE = frozenset((task_events.TASK_STARTED, task_events.TASK_COMPLETED,
                        task_events.TASK_REVOKED, task_events.TASK_RECEIVED,
                        task_events.TASK_REJECTED, task_events.WORKER_ONLINE,
                        task_events.WORKER_OFFLINE))
+
+# How long a socket's record read may take before it gets `unavailable`.
+RECORD_READ_TIMEOUT = 3.0
 
 EMPTY_QUEUE = {**{key: [] for key in TASK_LISTS}, "workers": [], "queues": [],
                "updated_at": None, "stale": True}
@@ -77,6 +81,7 @@ class NotifyServer:
                                       config.redis.master)
         self.redis = self.location.client(socket_timeout=5.0, socket_connect_timeout=2.0,
                                           retry=Retry(NoBackoff(), 1))
+        self.records = TaskRecords(self.redis, keys, config.records)
         self.resumer = Resumer(History(self.redis, keys.history_stream),
                                self._send_queue_status, self._send_resync)
         # The lease gets its own client: a renewal must fail fast, well within the lease.
@@ -112,7 +117,8 @@ class NotifyServer:
                        loop.create_task(self.heartbeat.run()),
                        loop.create_task(self.metrics.watch_loop_lag()),
                        loop.create_task(self.lease.run()),
-                       loop.create_task(self.snapshot.watch())]
+                       loop.create_task(self.snapshot.watch()),
+                       loop.create_task(self.records.keep(lambda: self.lease.leading))]
         self.poller.start()
         if self.bridge is not None:
             self.bridge.start()
@@ -206,6 +212,30 @@ class NotifyServer:
         session.hold()
         self.hub.add(session)
         self.resumer.start(session, last_event_id)
+
+    async def subscribe(self, session: Session, task_ids: Optional[frozenset],
+                        avids: Optional[frozenset]) -> None:
+        """Filter `session` to these tasks and subjects; first send the
+        record of each named task it may see, before any later event of it
+        (live events wait meanwhile). Raises RedisError or OSError, after
+        the filter is set and live events flow again, when records cannot
+        be read."""
+        session.subscribe(task_ids, avids)
+        wanted = [task_id for task_id in task_ids or () if messages.valid_task_id(task_id)]
+        if not wanted:
+            return
+        session.hold_records()
+        frames, floors = b"", {}
+        try:
+            found = await asyncio.wait_for(self.records.get_many(wanted), RECORD_READ_TIMEOUT)
+            shown = [record for owner, record in found.values() if session.scope.sees(owner)]
+            frames = b"".join(messages.frame(messages.task(r)) for r in shown)
+            floors = {record["task_id"]: record["last_id"] for record in shown}
+            self.metrics.sent_of(messages.TASK).inc(len(shown))
+        except asyncio.TimeoutError:
+            raise OSError(f"no answer from Redis within {RECORD_READ_TIMEOUT:g} s") from None
+        finally:
+            session.release_records(frames, floors)
 
     # -- what handlers ask for ----------------------------------------------
 

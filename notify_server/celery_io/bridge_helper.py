@@ -159,7 +159,7 @@ class EventForwarder:
 
     def _write_to_redis(self, outgoing: Iterable[Outgoing]) -> None:
         for item in outgoing:
-            self._emitter.emit(item.message, once=item.once)
+            self._emitter.emit(item.message, once=item.once, record=item.record)
 
     def _report_table(self) -> None:
         counts = {"received": self._received, "written": self._emitter.written,

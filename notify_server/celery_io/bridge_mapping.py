@@ -42,6 +42,7 @@ class Outgoing:
 
     message: dict
     once: str
+    record: Optional[dict] = None  # what the task's record keeps beyond the event
 
 
 @dataclasses.dataclass
@@ -49,6 +50,7 @@ class _Task:
     avid: Any
     owner: Optional[str]
     attempt: int
+    name: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -85,7 +87,8 @@ class CeleryEventMapper:
         if kind == "task-received":
             task = self._received(task_id, event)
             worker = events.safe_text(event.get("hostname") or "", 200)
-            return self._out(events.task_received(task_id, task.avid, worker), task, task_id)
+            return self._out(events.task_received(task_id, task.avid, worker), task, task_id,
+                             event)
         task = self._tasks.get(task_id) or _Task(None, None, 0)
         if kind == "task-started":
             message = events.task_started(task_id, task.avid)
@@ -110,14 +113,16 @@ class CeleryEventMapper:
             return self._progress(task_id, task, event)
         else:
             return []
-        return self._out(message, task, task_id)
+        return self._out(message, task, task_id, event)
 
     def _received(self, task_id: str, event: dict) -> _Task:
         args, kwargs = (_bounded(event.get("args")), _bounded(event.get("kwargs")))
         retries = event.get("retries")
+        name = event.get("name")
         task = _Task(avid=events.subject_of(args, kwargs, self._subject_arg),
                      owner=events.owner_of(kwargs, self._owner_arg),
-                     attempt=retries if isinstance(retries, int) and retries >= 0 else 0)
+                     attempt=retries if isinstance(retries, int) and retries >= 0 else 0,
+                     name=events.safe_text(name, 200) if isinstance(name, str) else None)
         self._tasks[task_id] = task
         self._tasks.move_to_end(task_id)
         while len(self._tasks) > self._remembered:
@@ -133,12 +138,12 @@ class CeleryEventMapper:
         # Every progress report is its own transition: keyed by the worker's clock.
         once = events.transition_key(task_id, events.TASK_PROGRESS, task.attempt) + \
             f":{event.get('clock', event.get('timestamp'))}"
-        return [Outgoing(events.with_owner(message, task.owner), once)]
+        return [Outgoing(events.with_owner(message, task.owner), once, _record(task, event))]
 
     @staticmethod
-    def _out(message: dict, task: _Task, task_id: str) -> List[Outgoing]:
+    def _out(message: dict, task: _Task, task_id: str, event: dict) -> List[Outgoing]:
         once = events.transition_key(task_id, message["type"], task.attempt)
-        return [Outgoing(events.with_owner(message, task.owner), once)]
+        return [Outgoing(events.with_owner(message, task.owner), once, _record(task, event))]
 
     # -- workers ---------------------------------------------------------------
 
@@ -211,6 +216,15 @@ class CeleryEventMapper:
         once = f"worker:{worker.name}:{events.WORKER_OFFLINE}:{worker.since!r}"
         worker.online, worker.since = False, at
         return Outgoing(events.worker_offline(worker.name, at, reason), once)
+
+
+def _record(task: _Task, event: dict) -> dict:
+    """What the task's record keeps beyond the event: its name, the worker,
+    the attempt, the worker's time of the event and, when done, the runtime."""
+    hostname = event.get("hostname")
+    return {"attempt": task.attempt, "name": task.name,
+            "worker": events.safe_text(hostname, 200) if isinstance(hostname, str) else None,
+            "time": _number(event.get("timestamp")), "runtime": _number(event.get("runtime"))}
 
 
 def _bounded(value: Any) -> Any:

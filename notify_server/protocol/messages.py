@@ -21,6 +21,7 @@ PONG = "pong"
 ERROR = "error"
 RESYNC = "resync"
 REFRESHED = "refreshed"
+TASK = "task"
 
 # Stable error codes of `error` replies (docs/protocol.md, section 2.4).
 INVALID_JSON = "invalid_json"
@@ -33,6 +34,10 @@ RESUME_IN_PROGRESS = "resume_in_progress"
 RATE_LIMITED = "rate_limited"
 INVALID_TOKEN = "invalid_token"
 AUTH_DISABLED = "auth_disabled"
+NOT_FOUND = "not_found"
+UNAVAILABLE = "unavailable"
+
+MAX_TASK_ID = 255
 
 
 def queue_status(data: dict) -> dict:
@@ -53,6 +58,10 @@ def resync(reason: str) -> dict:
 
 def refreshed(expires_at: float) -> dict:
     return {"type": REFRESHED, "data": {"exp": expires_at}}
+
+
+def task(record: dict) -> dict:
+    return {"type": TASK, "data": record}
 
 
 def frame(message: dict) -> bytes:
@@ -81,9 +90,17 @@ class Action:
     avids: Optional[frozenset] = None
     last_event_id: Optional[str] = None
     token: Optional[str] = None
+    task_id: Optional[str] = None
 
 
-ACTIONS = ("get_queue_status", "ping", "subscribe", "resume", "refresh")
+ACTIONS = ("get_queue_status", "ping", "subscribe", "resume", "refresh", "get_task")
+
+
+def valid_task_id(value: Any) -> bool:
+    """A task id the server looks up: a string of 1 to 255 characters
+    without control characters."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_TASK_ID
+            and not any(ord(c) < 32 or ord(c) == 127 for c in value))
 
 
 def parse_action(frame: Any, max_subscribe: int = 1000) -> Action:
@@ -112,6 +129,12 @@ def parse_action(frame: Any, max_subscribe: int = 1000) -> Action:
         if not isinstance(token, str) or not token:
             raise ProtocolError(INVALID_ARGUMENT, "refresh needs 'token', a JWT string")
         return Action(name, token=token)
+    if name == "get_task":
+        task_id = message.get("task_id")
+        if not valid_task_id(task_id):
+            raise ProtocolError(INVALID_ARGUMENT, "get_task needs 'task_id', a string of 1 to "
+                                                  f"{MAX_TASK_ID} characters")
+        return Action(name, task_id=task_id)
     return Action(name)
 
 

@@ -67,3 +67,38 @@ class Keys:
         """Of each lifecycle transition's once-only key (docs/protocol.md 6.4):
         this, then `<task_id>:<type>:<attempt>`."""
         return f"{self.prefix}:once:"
+
+    # -- task records (docs/protocol.md 6.5); the emit script builds the same names
+
+    @property
+    def root(self) -> str:
+        """What every record key starts with: the prefix and a colon (the
+        emit script's PREFIX argument)."""
+        return f"{self.prefix}:"
+
+    def record(self, task_id: str) -> str:
+        """One task's record (a hash)."""
+        return f"{self.prefix}:task:{task_id}"
+
+    @property
+    def records_config(self) -> str:
+        """The retention and bounds the server hands the emit script (a hash)."""
+        return f"{self.prefix}:tasks:config"
+
+    @property
+    def all_records(self) -> str:
+        """Every record, oldest first (a sorted set of sort keys)."""
+        return f"{self.prefix}:tasks:all"
+
+    def status_records(self, status: str, owner: "str | None" = None) -> str:
+        """The records whose status is `status` (of one owner, if given)."""
+        index = f"{self.prefix}:tasks:status:{status}"
+        return index if owner is None else f"{index}:owner:{owner}"
+
+    def owner_records(self, owner: str) -> str:
+        """One owner's records."""
+        return f"{self.prefix}:tasks:owner:{owner}"
+
+    def minute_counts(self, minute: int) -> str:
+        """Tasks completed and failed in one minute (Unix seconds // 60; a hash)."""
+        return f"{self.prefix}:tasks:minute:{minute}"

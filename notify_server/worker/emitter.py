@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from typing import Deque, Optional, Sequence, Tuple
+from typing import Any, Deque, List, Mapping, Optional, Sequence, Tuple
 
 import redis
 from redis.backoff import NoBackoff
@@ -17,28 +17,16 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from notify_server.protocol.emit_script import EMIT_SCRIPT, record_arguments
 from notify_server.protocol.names import DEFAULT_HISTORY_MAXLEN, DEFAULT_PREFIX, Keys
 from notify_server.protocol.task_events import ONCE_WINDOW, encode_event
 
 log = logging.getLogger(__name__)
 
-# XADD to the capped history, then PUBLISH {"id": <new id>, ...event} on the
-# channel, in one atomic step: a subscriber that sees an id can always find it
-# in the history. ARGV[1] is the event's JSON object, which starts with "{".
-# With KEYS[3] (a transition's key), the event is written only by the first
-# writer of that transition within ARGV[3] seconds; the others get nil.
-EMIT_SCRIPT = """
-if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then
-    return false
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])
-redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
-return id
-"""
-
-
 class Emitter:
-    """Writes events to the history stream and the live channel.
+    """Writes events to the history stream and the live channel, and each
+    task event into its task's record, in one atomic script call
+    (`protocol.emit_script`; docs/protocol.md section 6).
 
     `emit` never raises and never blocks longer than about `timeout` seconds.
     While Redis is unreachable, events wait in a buffer of `buffer_size`
@@ -64,7 +52,7 @@ class Emitter:
         self._sentinels, self._master = tuple(sentinels), master
         keys = Keys(prefix)
         self._keys = [keys.history_stream, keys.events_channel]
-        self._once_prefix = keys.once_prefix
+        self._once_prefix, self._root = keys.once_prefix, keys.root
         self._maxlen = history_maxlen
         self._timeout, self._buffer_size, self._retry_interval = timeout, buffer_size, retry_interval
         self._pid: Optional[int] = None
@@ -77,8 +65,8 @@ class Emitter:
             return
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        # (event JSON, transition key or None), oldest first.
-        self._pending: Deque[Tuple[bytes, Optional[str]]] = collections.deque()
+        # (event JSON, transition key or "", the record update's pairs), oldest first.
+        self._pending: Deque[Tuple[bytes, str, List[str]]] = collections.deque()
         self._down_since: Optional[float] = None
         self._retry_at = 0.0
         self._flusher: Optional[threading.Thread] = None
@@ -94,10 +82,16 @@ class Emitter:
             "socket_timeout": self._timeout, "socket_connect_timeout": self._timeout})
         return sentinel.master_for(self._master, **options)
 
-    def emit(self, message: dict, once: Optional[str] = None) -> None:
+    def emit(self, message: dict, once: Optional[str] = None,
+             record: Optional[Mapping[str, Any]] = None) -> None:
         """Queue `message` ({"type", "data"}) and write everything pending;
-        with `once`, only if that transition was not written already."""
-        payload = (encode_event(message), None if once is None else self._once_prefix + once)
+        with `once`, only if that transition was not written already. A task
+        event also updates its task's record; `record` adds what the event
+        does not carry (``attempt``, ``time``, ``name``, ``worker``,
+        ``runtime``; the time defaults to now)."""
+        extra = {"time": time.time(), **(record or {})}
+        payload = (encode_event(message), "" if once is None else self._once_prefix + once,
+                   record_arguments(message, extra))
         self._ensure_process()
         with self._lock:
             if len(self._pending) >= self._buffer_size:
@@ -117,13 +111,11 @@ class Emitter:
         if time.monotonic() < self._retry_at:
             return
         while self._pending:
-            payload, once = self._pending[0]
+            payload, once, pairs = self._pending[0]
             try:
-                if once is None:
-                    written = self._script(keys=self._keys, args=[payload, self._maxlen])
-                else:
-                    written = self._script(keys=[*self._keys, once],
-                                           args=[payload, self._maxlen, ONCE_WINDOW])
+                written = self._script(
+                    keys=[*self._keys, once],
+                    args=[payload, self._maxlen, ONCE_WINDOW, self._root if pairs else "", *pairs])
             except RedisError as exc:
                 self._note_outage(exc)
                 return

@@ -112,21 +112,24 @@ class Notifier:
             return
         request = task.request
         self._emit(events.task_progress, request.id, request.args, request.kwargs,
-                   current, total, events.safe_text(message))
+                   current, total, events.safe_text(message),
+                   record=_record_of(task, request, _attempt(request)))
 
     def _mine(self, sender: Any) -> bool:
         return getattr(sender, "app", None) is self.app
 
     def _emit(self, build: Callable[..., dict], task_id: str, args: Any, kwargs: Any,
-              *more: Any, attempt: Optional[int] = None) -> None:
+              *more: Any, attempt: Optional[int] = None, record: Optional[dict] = None) -> None:
         """Emit `build(task_id, subject, *more)`, with the task's owner if it
         has one. With `attempt` (the request's `retries`) the event is a
         lifecycle transition, written once even when the Celery event bridge
-        writes it too."""
+        writes it too. `record` adds what the task's record keeps beyond
+        the event (its name, worker, attempt)."""
         message = build(task_id, events.subject_of(args, kwargs, self._subject_arg), *more)
         once = (None if attempt is None
                 else events.transition_key(task_id, message["type"], attempt))
-        self.emitter.emit(events.with_owner(message, self._owner(args, kwargs)), once=once)
+        self.emitter.emit(events.with_owner(message, self._owner(args, kwargs)), once=once,
+                          record=record)
 
     def _owner(self, args: Any, kwargs: Any) -> Optional[str]:
         if self._owner_function is None:
@@ -144,31 +147,45 @@ class Notifier:
     def _on_prerun(self, sender=None, task_id=None, args=None, kwargs=None, **_):
         if self._mine(sender):
             self._emit(events.task_started, task_id, args, kwargs,
-                       attempt=_attempt(sender.request))
+                       **_lifecycle(sender, sender.request))
 
     def _on_success(self, sender=None, result=None, **_):
         if self._mine(sender):
             request = sender.request
             text = "success" if result is None else events.safe_text(result)
             self._emit(events.task_completed, request.id, request.args, request.kwargs, text,
-                       attempt=_attempt(request))
+                       **_lifecycle(sender, request))
 
     def _on_failure(self, sender=None, task_id=None, exception=None, args=None, kwargs=None, **_):
         if self._mine(sender):
             self._emit(events.task_failed, task_id, args, kwargs, _reason(exception),
-                       attempt=_attempt(sender.request))
+                       **_lifecycle(sender, sender.request))
 
     def _on_retry(self, sender=None, request=None, reason=None, **_):
         if self._mine(sender) and request is not None:
             self._emit(events.task_retrying, request.id, request.args, request.kwargs,
-                       events.safe_text(reason), attempt=_attempt(request))
+                       events.safe_text(reason), **_lifecycle(sender, request))
 
     def _on_revoked(self, sender=None, request=None, terminated=False, signum=None,
                     expired=False, **_):
         if self._mine(sender) and request is not None:
             self._emit(events.task_revoked, request.id, request.args, request.kwargs,
                        events.revoked_text(expired, terminated, signum),
-                       attempt=_attempt(request))
+                       **_lifecycle(sender, request))
+
+
+def _lifecycle(task: Any, request: Any) -> dict:
+    """`_emit`'s arguments for a lifecycle transition of `task` run as `request`."""
+    attempt = _attempt(request)
+    return {"attempt": attempt, "record": _record_of(task, request, attempt)}
+
+
+def _record_of(task: Any, request: Any, attempt: int) -> dict:
+    name = getattr(task, "name", None)
+    if not isinstance(name, str):  # the request: the worker's (task_name) or the task's context
+        name = getattr(request, "task_name", None) or getattr(request, "task", None)
+    return {"attempt": attempt, "name": name if isinstance(name, str) else None,
+            "worker": getattr(request, "hostname", None)}
 
 
 def _attempt(request: Any) -> int:

@@ -73,7 +73,7 @@ class RecordingEmitter:
     def __init__(self):
         self.sent = []
 
-    def emit(self, message: dict, once=None) -> None:
+    def emit(self, message: dict, once=None, record=None) -> None:
         self.sent.append(json.loads(events.encode_event(message)))
 
 
