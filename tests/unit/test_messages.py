@@ -89,3 +89,18 @@ def test_safe_text_never_raises_and_is_bounded():
             raise RuntimeError("boom")
     assert "Broken" in task_events.safe_text(Broken())
     assert len(task_events.safe_text("x" * 5000)) == 1000
+
+
+def test_get_task_needs_a_task_id_without_control_characters():
+    from notify_server.protocol.messages import INVALID_ARGUMENT, ProtocolError, parse_action
+    assert parse_action('{"action": "get_task", "task_id": "t-1"}').task_id == "t-1"
+    for bad in ('{"action": "get_task"}', '{"action": "get_task", "task_id": 5}',
+                '{"action": "get_task", "task_id": ""}',
+                '{"action": "get_task", "task_id": "a\\u0001"}',
+                '{"action": "get_task", "task_id": "%s"}' % ("x" * 256)):
+        try:
+            parse_action(bad)
+        except ProtocolError as exc:
+            assert exc.code == INVALID_ARGUMENT and "task_id" in exc.message
+        else:
+            raise AssertionError(bad)

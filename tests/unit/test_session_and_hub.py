@@ -134,3 +134,50 @@ def test_a_second_resume_while_one_replays_is_refused_and_changes_nothing():
     session.deliver([event("5-0")])
     session.release("4-0")
     assert ids(sent) == ["5-0"]
+
+
+def record_frame(task_id, last_id):
+    return text_frame(orjson.dumps({"type": "task", "data": {"task_id": task_id,
+                                                             "last_id": last_id}}))
+
+
+def test_records_go_first_then_only_events_after_each_records_last_id():
+    hub, (sent, session) = Hub(), recorder()
+    hub.add(session)
+    session.subscribe(frozenset({"t1", "t2"}), None)
+    session.hold_records()
+    # Written before the record was read (so inside it) and after: held meanwhile.
+    hub.publish([event("5-0", "t1"), event("6-0", "t2"), event("7-0", "t1")])
+    assert sent == []
+    session.release_records(record_frame("t1", "5-0") + record_frame("t2", "6-0"),
+                            {"t1": "5-0", "t2": "6-0"})
+    # A late copy of an event inside a record is not sent; later events are.
+    hub.publish([event("8-0", "t2")])
+    payloads = [orjson.loads(p) for data in sent for p in text_payloads(data)]
+    assert [(p["type"], p.get("id") or p["data"]["last_id"]) for p in payloads] == [
+        ("task", "5-0"), ("task", "6-0"), ("task_started", "7-0"), ("task_started", "8-0")]
+
+
+def test_relayed_copies_up_to_a_records_last_id_are_dropped_until_the_stream_passes_it():
+    hub, (sent, session) = Hub(), recorder()
+    hub.add(session)
+    session.subscribe(frozenset({"t1"}), None)
+    session.hold_records()
+    session.release_records(record_frame("t1", "9-0"), {"t1": "9-0"})
+    hub.publish([event("8-0", "t1"), event("9-0", "t1"), event("10-0", "t1")])
+    assert ids(sent[1:]) == ["10-0"]
+    assert session.takes_everything is False  # still subscribed; the floors are gone
+    assert session._floors is None
+
+
+def test_records_during_a_resume_wait_for_both_before_live_events_flow():
+    hub, (sent, session) = Hub(), recorder()
+    hub.add(session)
+    session.hold()
+    session.subscribe(frozenset({"t1"}), None)
+    session.hold_records()
+    hub.publish([event("3-0", "t1")])
+    session.release_records(b"", {})
+    assert sent == []  # the replay still runs
+    session.release("2-0")
+    assert ids(sent) == ["3-0"]
