@@ -6,10 +6,11 @@ prints it). docs/protocol.md section 6 is its contract; the rules of the
 record it keeps (what moves a status, what a retry resets) are section 6.5.
 
 Calling it: ``EVALSHA sha 3 HISTORY CHANNEL ONCE_KEY EVENT MAXLEN WINDOW
-PREFIX name value name value ...``. ``ONCE_KEY`` may be "" (no transition
-key); with ``PREFIX`` "" (or absent) no record is kept, as before records
-existed. The name/value pairs are `RECORD_FIELDS`; `record_arguments`
-builds them from an event.
+PREFIX RECORD``. ``ONCE_KEY`` may be "" (no transition key); with
+``PREFIX`` "" (or absent) no record is kept, as before records existed.
+``RECORD`` is a JSON object of strings, named by `RECORD_FIELDS`
+(one argument: cheaper to send than a pair each); `record_arguments`
+builds it from an event.
 """
 
 from typing import Any, List, Mapping, Optional
@@ -48,8 +49,12 @@ local RANK = {%(ranks)s}
 local STATUS = {%(status)s}
 
 local function record(p, id)
+    local ok, given = pcall(cjson.decode, ARGV[5] or '')
+    if not ok or type(given) ~= 'table' then return end
     local f = {}
-    for i = 5, #ARGV - 1, 2 do f[ARGV[i]] = ARGV[i + 1] end
+    for name, value in pairs(given) do
+        if type(value) == 'string' then f[name] = value end
+    end
     local rank = RANK[f.type]
     if not rank or not f.task_id or f.task_id == '' then return end
     local key = p .. 'task:' .. f.task_id
@@ -139,8 +144,10 @@ local function record(p, id)
     end
     put('tl', tl); put('tl_n', n)
     redis.call('HSET', key, unpack(set))
-    local ttl = new_status == 'failed' and keep or (tonumber(conf[1]) or %(retention)d)
-    redis.call('EXPIRE', key, ttl + %(margin)d)
+    if created or (apply and rank == 5) then
+        local ttl = new_status == 'failed' and keep or (tonumber(conf[1]) or %(retention)d)
+        redis.call('EXPIRE', key, ttl + %(margin)d)
+    end
     if created then
         local max = tonumber(conf[3]) or %(max_records)d
         for _ = 1, 2 do
@@ -189,10 +196,10 @@ SORT_PREFIX_LENGTH = 21
 
 def record_arguments(message: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None,
                      ) -> List[str]:
-    """The name/value pairs of the record update for `message` (an event
-    ``{"type", "data", "owner"?}``), plus `extra`'s ``attempt``, ``time``,
-    ``name``, ``worker`` and ``runtime`` where known; [] for an event that
-    is not a task's lifecycle step (worker events, unknown types)."""
+    """The script's RECORD argument for `message` (an event ``{"type",
+    "data", "owner"?}``), with `extra`'s ``attempt``, ``time``, ``name``,
+    ``worker`` and ``runtime`` where known, as a one-item list; [] for an
+    event that is not a task's lifecycle step (worker events, unknown types)."""
     kind = message.get("type")
     data = message.get("data")
     if kind not in RANKS or not isinstance(data, dict):
@@ -200,26 +207,26 @@ def record_arguments(message: Mapping[str, Any], extra: Optional[Mapping[str, An
     task_id = data.get("task_id")
     if not isinstance(task_id, str) or not task_id:
         return []
-    pairs = ["task_id", task_id, "type", kind, "avid", encode_event(data.get("avid")).decode()]
+    fields = {"task_id": task_id, "type": kind, "avid": encode_event(data.get("avid")).decode()}
     owner = message.get("owner")
     if isinstance(owner, str):
-        pairs += ["owner", owner]
+        fields["owner"] = owner
     if kind == TASK_PROGRESS:
         progress = {key: data.get(key) for key in ("current", "total", "percent", "message")}
-        pairs += ["progress", encode_event(progress).decode()]
+        fields["progress"] = encode_event(progress).decode()
     elif isinstance(data.get("message"), str):
-        pairs += ["message", data["message"]]
+        fields["message"] = data["message"]
     for name, value in (extra or {}).items():
         if value is None or value == "":
             continue
         if name == "attempt" and isinstance(value, int) and not isinstance(value, bool):
-            pairs += ["attempt", str(value)]
+            fields["attempt"] = str(value)
         elif name in ("time", "runtime") and isinstance(value, (int, float)) \
                 and not isinstance(value, bool):
-            pairs += [name, repr(float(value))]
+            fields[name] = repr(float(value))
         elif name in ("name", "worker") and isinstance(value, str):
-            pairs += [name, value[:200]]
-    return pairs
+            fields[name] = value[:200]
+    return [encode_event(fields)]
 
 
 if __name__ == "__main__":
