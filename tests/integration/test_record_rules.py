@@ -163,3 +163,16 @@ def test_worker_events_and_events_without_a_task_id_keep_no_record(redis_server,
     emitter.emit(ev.task_started("marker", 1), record={"attempt": 0})
     page, _ = run(redis_server.url, prefix, lambda r: r.page(TaskQuery(), None))
     assert [record["task_id"] for _, record in page] == ["marker"]
+
+
+def test_the_script_writes_exactly_the_keys_the_server_reads(redis_server, prefix, emitter):
+    emitter.emit(ev.with_owner(ev.task_started("t", 1), "alice"), record={"attempt": 0})
+    emitter.emit(ev.with_owner(ev.task_failed("t", 1, "x"), "alice"),
+                 record={"attempt": 0, "time": 600.0})
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_server.url)
+    written = {key.decode() for key in client.scan_iter(match=f"{prefix}:*")}
+    assert written == {keys.history_stream, keys.record("t"), keys.all_records,
+                       keys.status_records("failed"), keys.owner_records("alice"),
+                       keys.status_records("failed", "alice"), keys.minute_counts(10)}
+    assert client.hgetall(keys.minute_counts(10)) == {b"failed": b"1", b"failed:alice": b"1"}
