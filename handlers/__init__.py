@@ -19,11 +19,12 @@ TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#]*")
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log line (status, method, URI, client, duration) with
-    any `token=` query value replaced by `[redacted]`."""
+    any `token=` query value replaced by `[redacted]`: 4xx, and the 503 of a
+    probe saying "not ready yet", at WARNING; other 5xx at ERROR."""
     status = handler.get_status()
     if status < 400:
         log_method = access_log.info
-    elif status < 500:
+    elif status < 500 or (status == 503 and getattr(handler, "unready_is_expected", False)):
         log_method = access_log.warning
     else:
         log_method = access_log.error

@@ -16,7 +16,10 @@ class ReadinessHandler(tornado.web.RequestHandler):
     """`GET /readyz`: 200 when the events subscription is up and the broker
     answered the last inspect poll, else 503. The body says which check fails
     and why the queue snapshot is stale, if it is: ``{"ready", "redis",
-    "broker", "queue_stale_reason", "clients"}``."""
+    "broker", "queue_stale_reason", "clients"}``. Its 503 is logged at
+    WARNING: not ready is an answer, not a server error."""
+
+    unready_is_expected = True
 
     def initialize(self, server) -> None:
         self.server = server

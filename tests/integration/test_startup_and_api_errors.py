@@ -51,7 +51,7 @@ async def fetch(port: int, path: str, **options):
 
 
 async def test_api_errors_answer_the_json_envelope_not_an_html_page(server_port):
-    code, headers, body = await fetch(server_port, "/api/tasks/nothing-here")
+    code, headers, body = await fetch(server_port, "/api/nothing/here")
     assert (code, body) == (404, {"code": 404, "message": "not found", "data": None})
     assert headers["Content-Type"].startswith("application/json")
 
@@ -67,3 +67,20 @@ async def test_a_cross_origin_get_is_answered_with_cors_headers(server_port):
     assert code in (200, 503) and body["code"] == code
     assert headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
     assert "Origin" in headers["Vary"]
+
+
+def test_readyz_answering_503_before_the_first_poll_is_logged_as_a_warning(redis_server):
+    from tests.support.http_probe import get
+    from tests.support.processes import start_server
+
+    # A broker nothing listens on: the server starts, and /readyz stays 503.
+    child, port = start_server(redis_server.url,
+                               env={"CELERY_BROKER_URL": "redis://127.0.0.1:9/0"})
+    try:
+        assert get(port, "/readyz").status == 503
+        assert get(port, "/healthz").status == 200
+        child.wait_for_line(r"200 GET /healthz")  # the marker: the /readyz line came first
+        lines = [line for line in child.output if "GET /readyz" in line]
+        assert len(lines) == 1 and " WARNING " in lines[0] and " ERROR " not in lines[0], lines
+    finally:
+        child.stop()
