@@ -167,6 +167,10 @@ def main(argv=None) -> int:
             settings = dataclasses.replace(settings, celery_events=True)
             demo = start_demo(settings.redis_url, settings.prefix, settings.owner_arg)
         asyncio.run(serve(settings, sockets, stopping))
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal handlers exist (start-up waits up to 5 s for Redis).
+        print("notify-server: interrupted during start-up", file=sys.stderr, flush=True)
+        return 130
     finally:
         stop_demo(demo)
         wait_or_kill(demo, min(demo_deadline[0], time.monotonic() + DEMO_GRACE))

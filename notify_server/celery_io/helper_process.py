@@ -7,7 +7,9 @@ processes instead, spawned (not forked: the server process has threads and
 an event loop). Every helper, before its own work:
 
 - ignores SIGINT: a Ctrl-C reaches the whole process group, and the server
-  stops its helpers itself;
+  stops its helpers itself. It is spawned with SIGINT blocked, so a Ctrl-C
+  while its interpreter is still starting (before it can ignore the signal)
+  prints no traceback either;
 - dies with the server, even one killed with SIGKILL
   (`children.terminate_with_parent`);
 - logs at the level the server's root logger had when it was started.
@@ -17,6 +19,7 @@ signal to the thread that started the process.
 """
 
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -34,14 +37,37 @@ def helper_pool(initializer: Callable[..., None],
                 *args: Any) -> concurrent.futures.ProcessPoolExecutor:
     """An executor of one helper process, which runs `initializer(*args)`
     first. The process starts with the first call submitted."""
-    return concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=SPAWN, initializer=_enter, initargs=(_log_level(), initializer, args))
+    return _HelperPool(1, mp_context=SPAWN, initializer=_enter,
+                       initargs=(_log_level(), initializer, args))
 
 
 def helper_process(main: Callable[..., None], *args: Any,
                    name: str) -> multiprocessing.process.BaseProcess:
     """A daemonic helper process, not started yet, that runs `main(*args)`."""
-    return SPAWN.Process(target=_enter, args=(_log_level(), main, args), name=name, daemon=True)
+    return _HelperProcess(target=_enter, args=(_log_level(), main, args), name=name, daemon=True)
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread: a process spawned meanwhile inherits the mask."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+class _HelperPool(concurrent.futures.ProcessPoolExecutor):
+    # The pool spawns its process in the first `submit` (and again after a crash).
+    def submit(self, *args, **kwargs):
+        with _sigint_blocked():
+            return super().submit(*args, **kwargs)
+
+
+class _HelperProcess(SPAWN.Process):
+    def start(self) -> None:
+        with _sigint_blocked():
+            super().start()
 
 
 def _log_level() -> int:
@@ -51,6 +77,7 @@ def _log_level() -> int:
 def _enter(log_level: int, main: Callable[..., None], args: tuple) -> None:
     """Runs in the helper process: the common setup, then `main(*args)`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one is now ignored
     children.terminate_with_parent(multiprocessing.parent_process().pid)
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     main(*args)

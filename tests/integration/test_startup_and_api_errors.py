@@ -84,3 +84,30 @@ def test_readyz_answering_503_before_the_first_poll_is_logged_as_a_warning(redis
         assert len(lines) == 1 and " WARNING " in lines[0] and " ERROR " not in lines[0], lines
     finally:
         child.stop()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_code_130():
+    import os
+    import signal
+
+    # Redis unreachable: start-up waits for the subscription, before the signal handlers exist.
+    process = subprocess.Popen(
+        [sys.executable, "run.py", "--host", "127.0.0.1", "--port", "0"], cwd=ROOT,
+        env={**os.environ, "REDIS_URL": "redis://127.0.0.1:9/0", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            if "events subscription lost" in line:
+                break
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole process group
+        output.append(process.stdout.read())
+        assert process.wait(timeout=20) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = "".join(output)
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert text.rstrip().splitlines()[-1] == "notify-server: interrupted during start-up"
