@@ -76,7 +76,14 @@ def transition_key(task_id: str, kind: str, attempt: Any) -> str:
 
 
 def task_progress(task_id: str, avid: Any, current: float, total: float, message: str) -> dict:
-    percent = round(100.0 * current / total, 1) if total else 0.0
+    """A progress report; `current` and `total` that are not real numbers are
+    sent as their capped text (`encode_event`) with a `percent` of 0.0."""
+    numbers = all(isinstance(n, (int, float)) and not isinstance(n, bool)
+                  for n in (current, total))
+    try:
+        percent = round(100.0 * current / total, 1) if numbers and total else 0.0
+    except (OverflowError, ValueError):  # inf / inf, 10**400 / 3
+        percent = 0.0
     return _task_event(TASK_PROGRESS, task_id, avid, "progress", current=current, total=total,
                        percent=percent, message=message)
 
@@ -170,17 +177,20 @@ def revoked_text(expired: bool, terminated: bool, signum: Any) -> str:
     return "revoked"
 
 
-def encode_event(message: dict) -> bytes:
+def encode_event(message: Any, replaced: Optional[set] = None) -> bytes:
     """An event as compact UTF-8 JSON, keys in the order the builders give.
 
     The server parses it with orjson (`stream.parse_event`). JSON has no NaN
     or infinity: such a float (say a progress of nan) is written as null, as
-    orjson would write it, rather than as a token the server rejects.
+    orjson would write it, rather than as a token the server rejects. A value
+    JSON cannot encode (an object, a set, bytes, an integer of more than 64
+    bits) is written as its text, capped like `safe_text`, and its type added
+    to `replaced` when given; never raises.
     """
     try:
         text = _dumps(message)
-    except ValueError:
-        text = _dumps(_finite(message))
+    except (ValueError, TypeError, RecursionError):
+        text = _dumps(_encodable(message, set() if replaced is None else replaced))
     return text.encode("utf-8")
 
 
@@ -188,11 +198,24 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
+def _encodable(value: Any, replaced: set, depth: int = 0) -> Any:
+    """`value` with what JSON cannot hold replaced: a non-finite float by
+    None, anything else JSON has no form for by its capped text (its type
+    added to `replaced`)."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int) and -2 ** 63 <= value < 2 ** 64:
+        return value
+    if depth < 32 and isinstance(value, dict):
+        return {key if isinstance(key, str) else _text_of(key, replaced, 100):
+                _encodable(item, replaced, depth + 1) for key, item in value.items()}
+    if depth < 32 and isinstance(value, (list, tuple)):
+        return [_encodable(item, replaced, depth + 1) for item in value]
+    return _text_of(value, replaced, 200)
+
+
+def _text_of(value: Any, replaced: set, limit: int) -> str:
+    replaced.add(type(value))
+    return safe_text(value, limit)

@@ -28,7 +28,8 @@ class Emitter:
     task event into its task's record, in one atomic script call
     (`protocol.emit_script`; docs/protocol.md section 6).
 
-    `emit` never raises and never blocks longer than about `timeout` seconds.
+    `emit` never raises and never blocks longer than about `timeout` seconds;
+    a value JSON cannot encode is written as its text (logged once per type).
     While Redis is unreachable, events wait in a buffer of `buffer_size`
     (beyond it the oldest are dropped and counted in `dropped`); they are
     written in order by the next `emit` or by a background flusher once Redis
@@ -59,6 +60,8 @@ class Emitter:
         self.dropped = 0
         self.written = 0
         self.duplicates = 0
+        # Types written as their text because JSON has no form for them, already logged.
+        self._replaced_logged: set = set()
 
     def _ensure_process(self) -> None:
         if self._pid == os.getpid():
@@ -90,8 +93,12 @@ class Emitter:
         does not carry (``attempt``, ``time``, ``name``, ``worker``,
         ``runtime``; the time defaults to now)."""
         extra = {"time": time.time(), **(record or {})}
-        payload = (encode_event(message), "" if once is None else self._once_prefix + once,
+        replaced: set = set()
+        payload = (encode_event(message, replaced),
+                   "" if once is None else self._once_prefix + once,
                    record_arguments(message, extra))
+        if replaced - self._replaced_logged:
+            self._log_replaced(replaced)
         self._ensure_process()
         with self._lock:
             if len(self._pending) >= self._buffer_size:
@@ -128,6 +135,12 @@ class Emitter:
             log.warning("notify: Redis is back after %.1f s; pending events written (%d dropped)",
                         time.monotonic() - self._down_since, self.dropped)
             self._down_since = None
+
+    def _log_replaced(self, replaced: set) -> None:
+        for kind in replaced - self._replaced_logged:
+            self._replaced_logged.add(kind)
+            log.warning("notify: an event held a %s, which JSON cannot encode; it was written "
+                        "as its text (logged once per type)", kind.__name__)
 
     def _note_outage(self, exc: Exception) -> None:
         self._retry_at = time.monotonic() + self._retry_interval

@@ -1,0 +1,42 @@
+"""The emitter never raises, also for values JSON cannot encode (a real redis-server)."""
+
+import logging
+import uuid
+
+import orjson
+import redis
+
+from notify_server.protocol import task_events as ev
+from notify_server.protocol.names import Keys
+from notify_server.worker.emitter import Emitter
+
+
+class Opaque:
+    def __repr__(self):
+        return "<Opaque>"
+
+
+class Broken:
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def test_values_json_cannot_encode_are_written_as_text_and_logged_once_per_type(
+        redis_server, caplog):
+    prefix = f"values-{uuid.uuid4().hex[:8]}"
+    emitter = Emitter(redis_server.url, prefix=prefix)
+    caplog.set_level(logging.WARNING, logger="notify_server.worker.emitter")
+    emitter.emit(ev.task_progress("t", Opaque(), Opaque(), {1, 2}, "half"))
+    emitter.emit(ev.task_completed("t", "S-1", Broken()))
+    emitter.emit(ev.task_progress("t", "S-1", Opaque(), 10 ** 30, "again"))
+    assert (emitter.written, emitter.dropped) == (3, 0)
+    history = redis.Redis.from_url(redis_server.url).xrange(Keys(prefix).history_stream)
+    data = [orjson.loads(fields[b"event"])["data"] for _, fields in history]
+    assert (data[0]["avid"], data[0]["current"], data[0]["total"], data[0]["percent"]) == (
+        "<Opaque>", "<Opaque>", "{1, 2}", 0.0)
+    assert data[1]["message"] == "<class 'tests.integration.test_emitter_values.Broken'>"
+    assert data[2]["total"] == str(10 ** 30)
+    warned = [record.getMessage() for record in caplog.records]
+    assert len([text for text in warned if "Opaque" in text]) == 1
+    assert len([text for text in warned if "set" in text]) == 1
+    assert len([text for text in warned if " int," in text]) == 1
