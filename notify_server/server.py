@@ -82,7 +82,8 @@ class NotifyServer:
         self.redis = self.location.client(socket_timeout=5.0, socket_connect_timeout=2.0,
                                           retry=Retry(NoBackoff(), 1))
         self.records = TaskRecords(self.redis, keys, config.records)
-        self.resumer = Resumer(History(self.redis, keys.history_stream),
+        self.resumer = Resumer(History(self.redis, keys.history_stream,
+                                       self.metrics.dropped.labels("invalid").inc),
                                self._send_queue_status, self._send_resync)
         # The lease gets its own client: a renewal must fail fast, well within the lease.
         self._lease_redis = self.location.client(

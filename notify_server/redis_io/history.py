@@ -6,7 +6,7 @@ decide what that means for them.
 """
 
 import logging
-from typing import AsyncIterator, List, Optional
+from typing import AsyncIterator, Callable, List, Optional
 
 from redis.asyncio import Redis
 
@@ -18,8 +18,11 @@ BATCH = 500
 
 
 class History:
-    def __init__(self, redis: Redis, stream: str):
-        self._redis, self._stream = redis, stream
+    """Reads one history stream; an entry that is not a protocol event is
+    logged, reported to `on_invalid()` and skipped."""
+
+    def __init__(self, redis: Redis, stream: str, on_invalid: Callable[[], None] = lambda: None):
+        self._redis, self._stream, self._on_invalid = redis, stream, on_invalid
 
     async def contains(self, event_id: str) -> bool:
         """Whether `event_id` is still retained in the history."""
@@ -37,7 +40,10 @@ class History:
             entries = await self._redis.xrange(self._stream, f"({cursor}", "+", count=BATCH)
             if not entries:
                 return
-            yield [event for event in map(_to_event, entries) if event is not None]
+            events = [event for event in map(_to_event, entries) if event is not None]
+            for _ in range(len(entries) - len(events)):
+                self._on_invalid()
+            yield events
             cursor = _decode(entries[-1][0])
             if len(entries) < BATCH:
                 return

@@ -53,7 +53,8 @@ class Relay:
     (its `run_id`: a failover or a restart), `on_resync` is called first:
     events acknowledged by the old one may be lost without a trace.
 
-    Malformed messages are logged and reported to `on_invalid()`.
+    Malformed messages, and malformed history entries a gap fill skips, are
+    logged and reported to `on_invalid()`.
     `on_connected(bool)` reports the subscription's state on each change;
     `subscribed_once` is set when the first subscription is in place.
     """
@@ -95,7 +96,7 @@ class Relay:
                               retry=Retry(NoBackoff(), 0), health_check_interval=IDLE_WAKEUP)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            history = History(redis, self._stream)
+            history = History(redis, self._stream, self._on_invalid)
             if not self._cursor.started:
                 self._cursor.start_after(await _newest_id(redis, self._stream))
             await pubsub.subscribe(self._channel, self._snapshot_channel)
