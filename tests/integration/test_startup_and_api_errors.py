@@ -111,3 +111,31 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_code_130():
     text = "".join(output)
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert text.rstrip().splitlines()[-1] == "notify-server: interrupted during start-up"
+
+
+async def test_readyz_in_token_mode_names_only_the_kind_of_a_stale_reason(redis_server):
+    import json as json_module
+
+    from tests.support.http_probe import get
+    from tests.support.processes import start_server
+    from tests.support.tokens import SECRET
+    from tests.support.waiting import eventually
+
+    child, port = start_server(redis_server.url, env={
+        "CELERY_BROKER_URL": "redis://127.0.0.1:9/0", "NOTIFY_AUTH_SECRET": SECRET,
+        "NOTIFY_METRICS_TOKEN": "operator-token"})
+
+    async def as_operator():
+        return json_module.loads(get(port, "/readyz", {
+            "Authorization": "Bearer operator-token"}).body)
+    try:
+        # Until the failed first poll's snapshot came back through Redis.
+        operator = await eventually(as_operator, lambda health: "broker unreachable" in (
+            health["queue_stale_reason"] or ""))
+        anyone = json_module.loads(get(port, "/readyz").body)
+        wrong = json_module.loads(get(port, "/readyz", {"Authorization": "Bearer guess"}).body)
+    finally:
+        child.stop()
+    assert anyone["queue_stale_reason"] == wrong["queue_stale_reason"] == "broker unreachable"
+    assert "127.0.0.1:9" in operator["queue_stale_reason"]
+    assert "127.0.0.1:9" not in json_module.dumps(anyone)
