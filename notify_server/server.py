@@ -51,6 +51,8 @@ LIFECYCLE = frozenset((task_events.TASK_STARTED, task_events.TASK_COMPLETED,
                        task_events.TASK_REJECTED, task_events.WORKER_ONLINE,
                        task_events.WORKER_OFFLINE))
 
+# How often connections whose socket closed unnoticed are looked for.
+CLOSED_SWEEP_INTERVAL = 2.0
 # How long a socket's record read may take before it gets `unavailable`.
 RECORD_READ_TIMEOUT = 3.0
 
@@ -119,7 +121,8 @@ class NotifyServer:
                        loop.create_task(self.metrics.watch_loop_lag()),
                        loop.create_task(self.lease.run()),
                        loop.create_task(self.snapshot.watch()),
-                       loop.create_task(self.records.keep(lambda: self.lease.leading))]
+                       loop.create_task(self.records.keep(lambda: self.lease.leading)),
+                       loop.create_task(self._sweep_closed())]
         self.poller.start()
         if self.bridge is not None:
             self.bridge.start()
@@ -237,6 +240,19 @@ class NotifyServer:
             raise OSError(f"no answer from Redis within {RECORD_READ_TIMEOUT:g} s") from None
         finally:
             session.release_records(frames, floors)
+
+    async def _sweep_closed(self) -> None:
+        """Forget, every CLOSED_SWEEP_INTERVAL, connections whose socket closed
+        without Tornado's `on_close` (a close frame whose reason is not UTF-8
+        ends Tornado's read loop without it): they would keep their slots."""
+        while True:
+            await asyncio.sleep(CLOSED_SWEEP_INTERVAL)
+            stale = [c for c in self._connections if c.stream_closed]
+            for connection in stale:
+                connection.lost()
+            if stale:
+                log.info("%d socket(s) closed without a close callback; slots released",
+                         len(stale))
 
     # -- what handlers ask for ----------------------------------------------
 

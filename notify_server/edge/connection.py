@@ -127,6 +127,11 @@ class Connection:
             self._hand_to_stream(data)
         self._close_socket(code, reason)
 
+    @property
+    def stream_closed(self) -> bool:
+        """Whether the socket underneath is closed (whatever Tornado said)."""
+        return self._stream.closed()
+
     def lost(self) -> None:
         """The stream is closed (Tornado's on_close, or found closed): forget it."""
         if self.state is CLOSED:

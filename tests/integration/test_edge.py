@@ -193,3 +193,32 @@ async def test_query_arguments_that_are_not_utf8_get_400_and_cost_no_connection_
     finally:
         server.stop()
     assert "Traceback" not in "".join(server.output)
+
+
+async def test_a_close_frame_whose_reason_is_not_utf8_gives_its_connection_slot_back(
+        redis_server):
+    # Tornado ends its read loop on the bad reason without calling `on_close`;
+    # before, the socket kept its per-address slot for good with pings off.
+    from tests.support.http_probe import readyz, wait_for_first_poll
+    from tests.support.waiting import eventually
+    from tests.support.wsframes import client_frame
+
+    server, port = start_server(redis_server.url, env={
+        "NOTIFY_MAX_CONNECTIONS_PER_IP": "2", "NOTIFY_PING_INTERVAL": "0"})
+    try:
+        wait_for_first_poll(port)  # no queue_status push (a write) finds the sockets dead later
+        peers = []
+        for _ in range(2):
+            _, sock = upgrade(port)
+            sock.sendall(client_frame(OPCODE_CLOSE, b"\x03\xe8\xff\xfe"))
+            peers.append(sock)  # and keeps its end of the TCP connection open
+        await eventually(lambda: readyz(port), lambda answer: answer[1]["clients"] == 0)
+        for sock in peers:
+            sock.close()
+        # Both slots of this address are free again: two sockets open.
+        first, second = await WsClient.connect(port), await WsClient.connect(port)
+        assert (await first.next())["type"] == (await second.next())["type"] == "queue_status"
+        first.close()
+        second.close()
+    finally:
+        server.stop()
