@@ -140,10 +140,14 @@ class NotifyServer:
     async def stop(self, timeout: float) -> None:
         """Close every socket with 1001 and stop the relay and poller.
 
-        Waits up to `timeout` seconds for clients to acknowledge the close;
-        Tornado aborts the connections that do not.
+        Waits until the last socket is gone, at most `timeout` seconds from
+        the call; then drops the connections of the clients that have not
+        answered the close frame, and logs how many and which.
         """
+        deadline = asyncio.get_running_loop().time() + timeout
         self._all_closed = asyncio.Event()
+        for connection in [c for c in self._connections if c.stream_closed]:
+            connection.lost()  # closed already, unnoticed: nothing to wait for
         if not self._connections:
             self._all_closed.set()
         for connection in tuple(self._connections):
@@ -158,10 +162,17 @@ class NotifyServer:
         await self._lease_redis.aclose()
         await self.redis.aclose()
         try:
-            await asyncio.wait_for(self._all_closed.wait(), timeout)
+            await asyncio.wait_for(self._all_closed.wait(),
+                                   max(0.0, deadline - asyncio.get_running_loop().time()))
         except asyncio.TimeoutError:
-            log.warning("%d client(s) did not close within %.1f s", len(self._connections),
-                        timeout)
+            unanswered = list(self._connections)
+            if unanswered:
+                peers = sorted({connection.peer for connection in unanswered})
+                log.warning("%d client(s) did not answer the close frame within %.1f s; "
+                            "dropping their connections (from %s)", len(unanswered), timeout,
+                            ", ".join(peers[:5]) + (", ..." if len(peers) > 5 else ""))
+            for connection in unanswered:
+                connection.abort()
 
     # -- one client socket ----------------------------------------------------
 

@@ -127,6 +127,11 @@ class Connection:
             self._hand_to_stream(data)
         self._close_socket(code, reason)
 
+    def abort(self) -> None:
+        """Drop the TCP connection now (a peer that never answered the close)."""
+        self._stream.close()
+        self.lost()
+
     @property
     def stream_closed(self) -> bool:
         """Whether the socket underneath is closed (whatever Tornado said)."""

@@ -253,3 +253,46 @@ async def test_a_server_killed_with_sigkill_leaves_no_child_process():
 
     gone, alive = psutil.wait_procs(helpers, timeout=10)
     assert not alive, alive
+
+
+async def test_shutdown_waits_for_the_clients_that_are_left_and_names_those_that_never_answer(
+        redis_server):
+    """Four kinds of clients at SIGTERM: one answers the close frame, one closed
+    its TCP connection without a close frame, one raw peer never answers, and
+    a Tornado client whose event loop stopped reading (this test's loop, blocked
+    from the SIGTERM on). The wait ends by the shutdown timeout, counting only
+    the two that never answered, and drops them."""
+    from tests.support.http_probe import readyz
+    from tests.support.raw_peer import upgrade
+    from tests.support.wsframes import close_frame
+
+    server, port = start_server(redis_server.url, env={
+        "NOTIFY_SHUTDOWN_TIMEOUT": "2", "NOTIFY_PING_INTERVAL": "0"})
+    try:
+        stalled = await WsClient.connect(port)
+        assert (await stalled.next())["type"] == "queue_status"
+        _, never = upgrade(port)
+        _, gone = upgrade(port)
+        _, polite = upgrade(port)
+
+        def answer_the_close() -> None:
+            read_until_close_frame(polite)
+            polite.sendall(close_frame(1001))
+        answering = threading.Thread(target=answer_the_close, daemon=True)
+        answering.start()
+        gone.close()
+        await eventually(lambda: readyz(port), lambda answer: answer[1]["clients"] == 3)
+
+        server.signal(signal.SIGTERM)  # from here this loop no longer runs: `stalled` stops reading
+        server.wait_for_line(r"shutting down: closing 3 client\(s\)")
+        left = server.wait_for_line(r"(\d+) client\(s\) did not answer the close frame within "
+                                    r"2\.0 s; dropping their connections \(from 127\.0\.0\.1\)")
+        assert left.group(1) == "2"
+        server.wait_for_line(r"stopped")
+        assert server.wait(timeout=10) == 0
+        answering.join(timeout=10)
+        assert not answering.is_alive()
+        never.close()
+    finally:
+        server.stop()
+    assert not [line for line in server.output if " 0 client(s)" in line]
