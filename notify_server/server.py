@@ -99,6 +99,7 @@ class NotifyServer:
         self.relay = Relay(self.location.client, keys, on_events=self._on_events,
                            on_resync=self._on_resync, on_connected=self.metrics.subscription,
                            on_invalid=self.metrics.dropped.labels("invalid").inc,
+                           on_refused=self.metrics.dropped.labels("refused").inc,
                            on_snapshot=self.snapshot.received)
         # The poller keeps its own state: what it found, before the round trip through Redis.
         self.poller = QueuePoller(config.celery, config.broker_master, QueueState(),

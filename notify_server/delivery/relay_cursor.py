@@ -7,10 +7,13 @@ starts and when clients must resync.
 
 from typing import Iterable, List, Optional
 
-from notify_server.protocol.stream import Event, parse_stream_id
+from notify_server.protocol.stream import Event, parse_stream_id, relayable_type
 
 # The id before every stream entry: "relay everything the history holds".
 START = "0-0"
+# How far ahead of Redis's clock an id may be (the two clocks are compared
+# at every subscribe; a real id is never ahead of the Redis that made it).
+MAX_AHEAD_MS = 2000
 
 
 class RelayCursor:
@@ -54,6 +57,17 @@ class RelayCursor:
             return None
         return (f"the history no longer holds event {self.last_id}; "
                 "some events were lost, reload your state")
+
+    def refusal(self, event: Event, redis_now_ms: float) -> Optional[str]:
+        """Why a channel message may not be relayed, or None: its type is not
+        a task's or a worker's event, or its id is ahead of the history (later
+        than Redis's clock, `redis_now_ms`: relaying it would make every real
+        event until then look like a duplicate)."""
+        if not relayable_type(event.type):
+            return f"type {event.type[:64]!r} is not a task or worker event"
+        if event.key is not None and event.key[0] > redis_now_ms + MAX_AHEAD_MS:
+            return f"id {event.id} is ahead of the history"
+        return None
 
     def is_new(self, event: Event) -> bool:
         """True for an event not passed on before; records its id as the last."""

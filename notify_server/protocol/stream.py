@@ -106,3 +106,15 @@ def parse_stream_id(value: Any) -> Optional[Tuple[int, int]]:
 def joined_frames(events: Sequence[Event]) -> bytes:
     """The frames of `events`, in order, as one write."""
     return events[0].frame if len(events) == 1 else b"".join(event.frame for event in events)
+
+
+# What the live channel may carry: task and worker events. A message of
+# another type (`queue_status`, `resync`, `error`, `task`, ...) is the
+# server's own to send; published on the channel it is refused.
+RELAYABLE_PREFIXES = ("task_", "worker_")
+
+
+def relayable_type(kind: str) -> bool:
+    """Whether an event of type `kind` may come from the channel."""
+    return kind.startswith(RELAYABLE_PREFIXES)
+

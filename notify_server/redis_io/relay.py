@@ -8,6 +8,8 @@ are `relay_cursor.RelayCursor`'s rules; this module does the Redis I/O.
 
 import asyncio
 import logging
+import math
+import time
 from typing import Callable, List, Optional
 
 from redis.asyncio import Redis
@@ -28,6 +30,8 @@ MAX_BATCH = 1000
 # A quiet channel is fine: wake up this often to let redis-py send its health
 # check PING, never to treat silence as failure (channels_redis#422).
 IDLE_WAKEUP = 10.0
+# Refused channel messages are logged at most once per this many seconds.
+REFUSAL_LOG_EVERY = 10.0
 
 
 class Relay:
@@ -54,7 +58,10 @@ class Relay:
     events acknowledged by the old one may be lost without a trace.
 
     Malformed messages, and malformed history entries a gap fill skips, are
-    logged and reported to `on_invalid()`.
+    logged and reported to `on_invalid()`. A well-formed message the channel
+    may not carry (`RelayCursor.refusal`: not a task or worker event, or an
+    id ahead of the history) is reported to `on_refused()` and logged at most
+    once per REFUSAL_LOG_EVERY seconds.
     `on_connected(bool)` reports the subscription's state on each change;
     `subscribed_once` is set when the first subscription is in place.
     """
@@ -64,6 +71,7 @@ class Relay:
                  on_resync: Callable[[str], None],
                  on_connected: Callable[[bool], None],
                  on_invalid: Callable[[], None] = lambda: None,
+                 on_refused: Callable[[], None] = lambda: None,
                  on_snapshot: Callable[[bytes, bool], None] = lambda payload, live: None):
         self._connect, self._channel, self._stream = (connect, keys.events_channel,
                                                       keys.history_stream)
@@ -71,7 +79,11 @@ class Relay:
         self._on_snapshot = on_snapshot
         self._snapshot_channel_bytes = self._snapshot_channel.encode()
         self._on_events, self._on_resync, self._on_connected = on_events, on_resync, on_connected
-        self._on_invalid = on_invalid
+        self._on_invalid, self._on_refused = on_invalid, on_refused
+        # Redis's clock minus this process's, in ms, measured at each subscribe.
+        self._clock_offset_ms = 0.0
+        self._refusals_logged_at = -math.inf
+        self._refusals_unlogged = 0
         self._cursor = RelayCursor()
         self._run_id: Optional[str] = None  # the Redis server of the last subscription
         self._backoff = Backoff(base=0.1, cap=3.0)
@@ -104,6 +116,7 @@ class Relay:
             if latest is not None:
                 self._on_snapshot(latest, False)
             await self._check_same_redis(redis)
+            await self._measure_clock(redis)
             missed = await self._fill_gap(history)
             self._subscribed(missed)
             while True:
@@ -139,6 +152,10 @@ class Relay:
                             "reload your state")
         self._run_id = run_id
 
+    async def _measure_clock(self, redis: Redis) -> None:
+        seconds, micros = await redis.time()
+        self._clock_offset_ms = seconds * 1000.0 + micros / 1000.0 - time.time() * 1000.0
+
     async def _fill_gap(self, history: History) -> int:
         missed = 0
         lost = self._cursor.lost_events(await history.contains(self._cursor.last_id))
@@ -158,8 +175,23 @@ class Relay:
             log.warning("ignoring malformed message on %s: %s", self._channel, exc)
             self._on_invalid()
             return
-        if self._cursor.is_new(event):
+        refusal = self._cursor.refusal(event, time.time() * 1000.0 + self._clock_offset_ms)
+        if refusal is not None:
+            self._refuse(refusal)
+        elif self._cursor.is_new(event):
             batch.append(event)
+
+    def _refuse(self, reason: str) -> None:
+        """Count a refused channel message; log at most one line per REFUSAL_LOG_EVERY s."""
+        self._on_refused()
+        now = time.monotonic()
+        if now - self._refusals_logged_at < REFUSAL_LOG_EVERY:
+            self._refusals_unlogged += 1
+            return
+        more = (f" ({self._refusals_unlogged} more refused since the last such line)"
+                if self._refusals_unlogged else "")
+        log.warning("refusing a message on %s: %s%s", self._channel, reason, more)
+        self._refusals_logged_at, self._refusals_unlogged = now, 0
 
     def _subscribed(self, missed: int) -> None:
         if self._backoff.attempts:

@@ -222,3 +222,31 @@ async def test_a_close_frame_whose_reason_is_not_utf8_gives_its_connection_slot_
         second.close()
     finally:
         server.stop()
+
+
+async def test_the_channel_carries_only_task_and_worker_events_with_ids_the_history_can_hold(
+        server_port, redis_server):
+    """A bare PUBLISH of the server's own message types, or with an id ahead of
+    the stream, is refused and counted; real events keep flowing. Before, an
+    id ahead made the relay drop every real event until the stream caught up."""
+    from tests.support.http_probe import scrape
+
+    refused = ("notify_messages_dropped_total", (("reason", "refused"),))
+    before = (await scrape(server_port)).get(refused, 0.0)
+    client = await WsClient.connect(server_port)
+    await client.next()  # queue_status
+    publisher = redis.Redis.from_url(redis_server.url)
+    channel = Keys().events_channel
+    avid = unique_avid("CHAN")
+    for fake in ({"type": "queue_status", "data": {"active_tasks": [], "avid": avid}},
+                 {"type": "resync", "data": {"reason": avid}},
+                 {"type": "error", "data": {"code": "x", "message": avid}, "owner": "alice"},
+                 {"type": "task_started", "id": "9999999999999-0",
+                  "data": {"task_id": "fake", "avid": avid, "status": "started"}}):
+        publisher.publish(channel, json.dumps(fake))
+    Emitter(redis_server.url).emit(task_events.task_started("real", avid))
+    real = await client.wait_for(of_task("real", "task_started"))
+    assert real["id"] is not None
+    assert [m for m in client.received if avid in json.dumps(m)] == [real]
+    assert (await scrape(server_port)).get(refused, 0.0) - before == 4
+    client.close()

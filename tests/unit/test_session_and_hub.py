@@ -181,3 +181,17 @@ def test_records_during_a_resume_wait_for_both_before_live_events_flow():
     assert sent == []  # the replay still runs
     session.release("2-0")
     assert ids(sent) == ["3-0"]
+
+
+def test_the_relay_refuses_the_servers_own_types_and_ids_ahead_of_redis():
+    from notify_server.delivery.relay_cursor import MAX_AHEAD_MS, RelayCursor
+
+    cursor, now = RelayCursor(), 1_700_000_000_000.0
+    cursor.start_after(None)
+    ahead = f"{int(now) + MAX_AHEAD_MS + 1}-0"
+    assert cursor.refusal(Event("queue_status", {}), now) is not None
+    assert cursor.refusal(Event("task", {}), now) is not None
+    assert cursor.refusal(Event("task_uploaded", {}), now) is None
+    assert cursor.refusal(Event("worker_online", {"worker": "w"}, id=f"{int(now)}-5"), now) is None
+    assert "ahead" in cursor.refusal(event(ahead), now)
+    assert cursor.refusal(event(f"{int(now) + MAX_AHEAD_MS}-0"), now) is None
