@@ -51,6 +51,10 @@ LIFECYCLE = frozenset((task_events.TASK_STARTED, task_events.TASK_COMPLETED,
                        task_events.TASK_REJECTED, task_events.WORKER_ONLINE,
                        task_events.WORKER_OFFLINE))
 
+# How long each step of `stop` may take (the bridge waits up to 5 s for its
+# helper before killing it) before it is logged by name and left behind.
+STOP_STEP_BOUND = 2.0
+BRIDGE_STOP_BOUND = 6.0
 # How often connections whose socket closed unnoticed are looked for.
 CLOSED_SWEEP_INTERVAL = 2.0
 # How long a socket's record read may take before it gets `unavailable`.
@@ -153,15 +157,17 @@ class NotifyServer:
             self._all_closed.set()
         for connection in tuple(self._connections):
             connection.close(*close_codes.SHUTTING_DOWN)
-        await self.poller.stop()
+        await _bounded("stopping the inspect poller", self.poller.stop())
         if self.bridge is not None:
-            await self.bridge.stop()
+            await _bounded("stopping the Celery event bridge", self.bridge.stop(),
+                           BRIDGE_STOP_BOUND)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.lease.release()
-        await self._lease_redis.aclose()
-        await self.redis.aclose()
+        await _bounded("ending the relay, lease and timers",
+                       asyncio.gather(*self._tasks, return_exceptions=True))
+        await _bounded("releasing the poller lease", self.lease.release())
+        await _bounded("closing the Redis connections",
+                       asyncio.gather(self._lease_redis.aclose(), self.redis.aclose()))
         try:
             await asyncio.wait_for(self._all_closed.wait(),
                                    max(0.0, deadline - asyncio.get_running_loop().time()))
@@ -350,6 +356,17 @@ class NotifyServer:
             with_workers(EMPTY_QUEUE, self._worker_table) if data is None else data)
         sent = self.hub.send_live(everything, frame_for)
         self.metrics.sent_of(messages.QUEUE_STATUS).inc(sent)
+
+
+async def _bounded(step: str, awaitable, bound: float = STOP_STEP_BOUND) -> None:
+    """Await one step of `stop`, at most `bound` seconds: a step that overruns
+    is logged by name and left behind, so shutdown always ends."""
+    try:
+        await asyncio.wait_for(awaitable, bound)
+    except asyncio.TimeoutError:
+        log.warning("shutting down: %s took more than %.1f s; going on without it", step, bound)
+    except Exception:  # a bug: logged, and the other steps still run
+        log.exception("shutting down: %s failed; going on", step)
 
 
 def _call_later(delay: float, callback, *args) -> asyncio.TimerHandle:

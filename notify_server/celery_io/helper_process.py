@@ -33,10 +33,9 @@ SPAWN = multiprocessing.get_context("spawn")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def helper_pool(initializer: Callable[..., None],
-                *args: Any) -> concurrent.futures.ProcessPoolExecutor:
+def helper_pool(initializer: Callable[..., None], *args: Any) -> "_HelperPool":
     """An executor of one helper process, which runs `initializer(*args)`
-    first. The process starts with the first call submitted."""
+    first. The process starts with the first call submitted; `stop()` ends it."""
     return _HelperPool(1, mp_context=SPAWN, initializer=_enter,
                        initargs=(_log_level(), initializer, args))
 
@@ -62,6 +61,16 @@ class _HelperPool(concurrent.futures.ProcessPoolExecutor):
     def submit(self, *args, **kwargs):
         with _sigint_blocked():
             return super().submit(*args, **kwargs)
+
+    def stop(self) -> None:
+        """Shut down without waiting, and SIGTERM the helper: a call in
+        flight (an inspect poll waits up to its timeout) is abandoned, so
+        neither the server's exit nor Python's at-exit join waits for it."""
+        processes = list((getattr(self, "_processes", None) or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
 
 
 class _HelperProcess(SPAWN.Process):

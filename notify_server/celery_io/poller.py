@@ -116,9 +116,9 @@ class QueuePoller:
         for handle in (self._ticker, self._refresh, self._in_flight):
             if handle is not None:
                 handle.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.stop()
 
-    def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
+    def _new_executor(self):
         return helper_pool(inspect_helper.start, self._celery.broker_url, self._broker_master,
                            dict(self._celery.broker_transport_options))
 
