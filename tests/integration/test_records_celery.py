@@ -5,16 +5,23 @@ NOTIFY_CELERY_EVENTS=1). Each record is read as a client reads it, over REST
 and with the socket's `get_task`, and held against the history stream.
 """
 
+import asyncio
+import threading
+import time
 import uuid
 
 import pytest
+import redis
 from celery import Celery
 
 from notify_server.dev.embedded_redis import EmbeddedRedis
+from notify_server.protocol import task_events as events
+from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task
 from tests.support.http_probe import readyz
 from tests.support.processes import start_server, start_worker
-from tests.support.records import FINAL_TYPES, history_of, rest_record, socket_record
+from tests.support.records import (FINAL_TYPES, history_of, rest_record, socket_record,
+                                   stream_key)
 from tests.support.tasks import unique_avid
 from tests.support.waiting import eventually
 
@@ -202,3 +209,157 @@ async def test_the_bridges_records_show_success_failure_retries_progress_and_rev
                       if e["type"] == "task_received"]
     assert records["flaky"]["received_at"] == flaky_received[0] < flaky_received[-1]
     client.close()
+
+
+# -- subscribe: a task's record first, then only the events after it -----------------
+
+
+async def quiet_client(port: int) -> WsClient:
+    """A socket whose filter lets nothing through yet (its pong proves it applies)."""
+    client = await WsClient.connect(port)
+    await client.wait_for(lambda m: m["type"] == "queue_status")
+    await client.send({"action": "subscribe", "avids": [f"quiet-{uuid.uuid4().hex}"]})
+    await client.send({"action": "ping"})
+    await client.wait_for(lambda m: m["type"] == "pong")
+    return client
+
+
+async def subscribe_and_ping(client: WsClient, *task_ids: str) -> int:
+    """Subscribe to `task_ids`, then ping; returns where the answers start in `received`."""
+    start = len(client.received)
+    await client.send({"action": "subscribe", "task_ids": list(task_ids)})
+    await client.send({"action": "ping"})
+    return start
+
+
+async def after_a_marker(client: WsClient, url: str, marker: str) -> None:
+    """Emit an event of `marker` (subscribed too) and wait for it: everything
+    of the task written before it has reached the client by then."""
+    Emitter(url).emit(events.task_progress(marker, None, 1, 1, "marker"))
+    await client.wait_for(of_task(marker, "task_progress"))
+
+
+def check_record_then_events(client: WsClient, start: int, url: str, task_id: str,
+                             record_expected: bool = True) -> dict:
+    """What `client` got for `task_id` from `start` on: its record (if one
+    existed) before any of its events and before the pong, then exactly the
+    history's events after the record's last_id, each once, in order."""
+    answers = client.received[start:]
+    pong = next(index for index, m in enumerate(answers) if m["type"] == "pong")
+    mine = [(index, m) for index, m in enumerate(answers) if m.get("data", {}).get("task_id")
+            == task_id]
+    history = history_of(url, task_id)
+    if not record_expected and (not mine or mine[0][1]["type"] != "task"):
+        assert [m["id"] for _, m in mine] == [event_id for event_id, _ in history]
+        return {}
+    (record_at, first), events_after = mine[0], [m for _, m in mine[1:]]
+    assert first["type"] == "task", answers
+    assert record_at < pong
+    record = first["data"]
+    floor = stream_key(record["last_id"])
+    assert [e["id"] for e in record["events"]] == [
+        event_id for event_id, _ in history if stream_key(event_id) <= floor]
+    assert all(m["type"] != "task" for m in events_after), events_after
+    assert [(m["id"], m["type"]) for m in events_after] == [
+        (event_id, kind) for event_id, kind in history if stream_key(event_id) > floor]
+    return record
+
+
+async def test_subscribing_after_a_task_finished_gets_only_its_record_before_the_pong(hooked):
+    url, port, producer, _ = hooked
+    watcher = await WsClient.connect(port)
+    for _ in range(5):   # real Celery tasks
+        task_id = producer.send_task("hooked.succeed", args=[unique_avid("DONE")]).id
+        await finished(watcher, task_id, "task_completed")
+        client = await quiet_client(port)
+        start = await subscribe_and_ping(client, task_id)
+        await client.wait_for(lambda m: m["type"] == "pong")
+        assert [m["type"] for m in client.received[start:]] == ["task", "pong"]
+        record = client.received[start]["data"]
+        assert (record["task_id"], record["status"]) == (task_id, "success")
+        client.close()
+    emitter = Emitter(url)
+    for round_number in range(30):   # the same through the emitter, outcomes varied
+        task_id = f"done-{round_number}-{uuid.uuid4().hex[:6]}"
+        emitter.emit(events.task_started(task_id, "D"))
+        final = (events.task_completed(task_id, "D", "ok") if round_number % 3
+                 else events.task_failed(task_id, "D", "E: no"))
+        emitter.emit(final)
+        await finished(watcher, task_id)
+        client = await quiet_client(port)
+        start = await subscribe_and_ping(client, task_id, "not-a-task-" + task_id)
+        await client.wait_for(lambda m: m["type"] == "pong")
+        marker = f"marker-{uuid.uuid4().hex[:6]}"
+        await client.send({"action": "subscribe", "task_ids": [task_id, marker]})
+        await after_a_marker(client, url, marker)
+        answers = [m for m in client.received[start:] if m.get("data", {}).get("task_id")
+                   == task_id]
+        assert [m["type"] for m in answers] == ["task", "task"]  # one per subscribe, no event
+        assert answers[0]["data"]["status"] == ("success" if round_number % 3 else "failed")
+        client.close()
+    watcher.close()
+
+
+async def test_subscribing_while_a_celery_task_runs_gets_its_record_then_the_later_events(
+        hooked):
+    url, port, producer, _ = hooked
+    watcher = await WsClient.connect(port)
+    client_redis = redis.Redis.from_url(url)
+    try:
+        for round_number in range(6):
+            key = f"gate:{uuid.uuid4().hex}"
+            task_id = producer.send_task("hooked.gate", args=[unique_avid("GATE"), key]).id
+            await watcher.wait_for(of_task(task_id, "task_started"))
+            client = await quiet_client(port)
+            marker = f"marker-{uuid.uuid4().hex[:6]}"
+            when = round_number % 3   # open the gate before, during or after the subscribe
+            if when == 0:
+                client_redis.set(key, 1)
+            start = await subscribe_and_ping(client, task_id, marker)
+            if when == 1:
+                client_redis.set(key, 1)
+            await client.wait_for(lambda m: m["type"] == "pong")
+            if when == 2:
+                client_redis.set(key, 1)
+            await finished(watcher, task_id, "task_completed")
+            await after_a_marker(client, url, marker)
+            record = check_record_then_events(client, start, url, task_id)
+            if when == 2:
+                assert record["status"] == "started" and record["finished_at"] is None
+            client.close()
+    finally:
+        client_redis.close()
+        watcher.close()
+
+
+async def test_subscribing_at_any_point_of_a_fast_stream_neither_repeats_nor_loses_an_event(
+        hooked):
+    url, port, _, _ = hooked
+    watcher = await WsClient.connect(port)
+    steps = 20
+    for round_number in range(30):
+        task_id = f"stream-{round_number}-{uuid.uuid4().hex[:6]}"
+        client = await quiet_client(port)
+
+        def publish():
+            emitter = Emitter(url)
+            emitter.emit(events.task_started(task_id, "S"))
+            for step in range(1, steps + 1):
+                emitter.emit(events.task_progress(task_id, "S", step, steps, ""))
+                time.sleep(0.002)   # pacing the writer so the subscribe lands mid-stream
+            emitter.emit(events.task_completed(task_id, "S", "ok"))
+
+        writer = threading.Thread(target=publish, daemon=True)
+        writer.start()
+        # Subscribe after the watcher saw the k-th event: k from 1 (started) to the end.
+        seen = round_number % (steps + 2) + 1
+        await watcher.wait_for(lambda m, count=[0]: of_task(task_id)(m)
+                               and (count.__setitem__(0, count[0] + 1) or count[0] == seen))
+        marker = f"marker-{uuid.uuid4().hex[:6]}"
+        start = await subscribe_and_ping(client, task_id, marker)
+        await asyncio.get_running_loop().run_in_executor(None, writer.join, 10)
+        assert not writer.is_alive()
+        await after_a_marker(client, url, marker)
+        check_record_then_events(client, start, url, task_id)
+        client.close()
+    watcher.close()
