@@ -29,11 +29,13 @@ async def list_page(port: int, **params) -> Tuple[int, dict]:
     return await get_json(port, "/api/tasks" + (f"?{query}" if query else ""))
 
 
-async def walk(port: int, limit: int = 200, **params) -> List[dict]:
+async def walk(port: int, token: Optional[str] = None, limit: int = 200,
+               **params) -> List[dict]:
     """Every record a cursor walk of GET /api/tasks returns, in order."""
     records, cursor = [], None
     for _ in range(10_000):
-        status, body = await list_page(port, limit=limit, cursor=cursor, **params)
+        status, body = await list_page(port, token=token, limit=limit, cursor=cursor,
+                                       **params)
         assert status == 200, body
         records += body["data"]["tasks"]
         cursor = body["data"]["next"]
