@@ -96,6 +96,9 @@ class TaskMinutesHandler(RecordsHandler):
             self.send_envelope(400, f"{sorted(unknown)[0]}: unknown parameter; known: minutes, "
                                     "token", None)
             return
+        if len(self.request.arguments.get("minutes", ())) > 1:
+            self.send_envelope(400, "minutes: given more than once", None)
+            return
         text = self.get_query_argument("minutes", "60")
         if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_MINUTES:
             self.send_envelope(400, f"minutes: a whole number from 1 to {MAX_MINUTES}", None)

@@ -51,6 +51,9 @@ class _Task:
     owner: Optional[str]
     attempt: int
     name: Optional[str] = None
+    # The attempt that last started: Celery sends a retry's task-received
+    # (the next attempt) before the task-retried of the attempt that raised.
+    started: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -91,6 +94,7 @@ class CeleryEventMapper:
                              event)
         task = self._tasks.get(task_id) or _Task(None, None, 0)
         if kind == "task-started":
+            task.started = task.attempt
             message = events.task_started(task_id, task.avid)
         elif kind == "task-succeeded":
             result = event.get("result")
@@ -102,6 +106,9 @@ class CeleryEventMapper:
         elif kind == "task-retried":
             message = events.task_retrying(task_id, task.avid,
                                            events.safe_text(event.get("exception") or "retrying"))
+            if task.started is not None:
+                return self._out(message, dataclasses.replace(task, attempt=task.started),
+                                 task_id, event)
         elif kind == "task-revoked":
             text = events.revoked_text(event.get("expired"), event.get("terminated"),
                                        event.get("signum"))
@@ -123,6 +130,8 @@ class CeleryEventMapper:
                      owner=events.owner_of(kwargs, self._owner_arg),
                      attempt=retries if isinstance(retries, int) and retries >= 0 else 0,
                      name=events.safe_text(name, 200) if isinstance(name, str) else None)
+        before = self._tasks.get(task_id)
+        task.started = None if before is None else before.started
         self._tasks[task_id] = task
         self._tasks.move_to_end(task_id)
         while len(self._tasks) > self._remembered:

@@ -7,6 +7,7 @@ The server learns about its tasks only from Celery's own events.
 import os
 import time
 
+import redis
 from celery import Celery
 
 app = Celery("plain", broker=os.environ.get("PLAIN_BROKER_URL", "redis://127.0.0.1:6379/0"))
@@ -26,3 +27,27 @@ def fetch(self, avid, seconds=0.1, fail=False, steps=0, user_id=None):
     if fail:
         raise ValueError(f"cannot fetch {avid}")
     return f"fetched {avid}"
+
+
+@app.task(name="plain.flaky", bind=True)
+def flaky(self, avid, failures=2, user_id=None):
+    """Raise `failures` times (retried at once each time), then succeed."""
+    if self.request.retries < failures:
+        raise self.retry(exc=RuntimeError(f"attempt {self.request.retries} of {avid}"),
+                         countdown=0.05, max_retries=failures)
+    return f"done {avid} after {self.request.retries} retries"
+
+
+@app.task(name="plain.gate")
+def gate(avid, key, user_id=None):
+    """Succeed once the Redis key `key` (on the broker's Redis) exists."""
+    client = redis.Redis.from_url(app.conf.broker_url)
+    deadline = time.monotonic() + 60
+    try:
+        while not client.exists(key):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{key} never set")
+            time.sleep(0.01)
+    finally:
+        client.close()
+    return f"opened {avid}"

@@ -187,3 +187,19 @@ def test_worker_events_reach_every_session_whatever_its_scope_or_subscription():
     assert ids(sent["alice"]) == ["2-0"]
     assert ids(sent["filtered"]) == ["2-0"]
     assert ids(sent["admin"]) == ["1-0", "2-0"]
+
+
+def test_a_retried_event_after_the_next_attempts_received_keeps_the_attempt_that_raised():
+    # Celery re-sends a retried task (task-received, retries + 1) before it
+    # sends task-retried for the attempt that raised.
+    mapper = CeleryEventMapper("avid", "user_id")
+    mapper.task_event(received())
+    mapper.task_event({"type": "task-started", "uuid": "t-1"})
+    mapper.task_event(received(retries=1))
+    retried = one(mapper.task_event({"type": "task-retried", "uuid": "t-1",
+                                     "exception": "IOError('later')"}))
+    assert retried.once == events.transition_key("t-1", events.TASK_RETRYING, 0)
+    assert retried.record["attempt"] == 0
+    started = one(mapper.task_event({"type": "task-started", "uuid": "t-1"}))
+    assert started.once == events.transition_key("t-1", events.TASK_STARTED, 1)
+    assert started.record["attempt"] == 1
