@@ -79,7 +79,7 @@ local function record(p, id)
         owner = f.owner
         put('owner', owner)
         redis.call('ZADD', p .. 'tasks:owner:' .. owner, 0, sort)
-        redis.call('EXPIRE', p .. 'tasks:owner:' .. owner, keep + %(margin)d)
+        redis.call('EXPIRE', p .. 'tasks:owner:' .. owner, math.ceil(keep) + %(margin)d)
         if status then
             redis.call('ZADD', p .. 'tasks:status:' .. status .. ':owner:' .. owner, 0, sort)
         end
@@ -132,7 +132,7 @@ local function record(p, id)
             if owner then
                 local index = p .. 'tasks:status:' .. new_status .. ':owner:' .. owner
                 redis.call('ZADD', index, 0, sort)
-                redis.call('EXPIRE', index, keep + %(margin)d)
+                redis.call('EXPIRE', index, math.ceil(keep) + %(margin)d)
             end
         end
     end
@@ -146,7 +146,7 @@ local function record(p, id)
     redis.call('HSET', key, unpack(set))
     if created or (apply and rank == 5) then
         local ttl = new_status == 'failed' and keep or (tonumber(conf[1]) or %(retention)d)
-        redis.call('EXPIRE', key, ttl + %(margin)d)
+        redis.call('EXPIRE', key, math.ceil(ttl) + %(margin)d)
     end
     if created then
         local max = tonumber(conf[3]) or %(max_records)d

@@ -9,6 +9,7 @@ RedisError or OSError; the handlers turn that into 503 or `unavailable`.
 
 import asyncio
 import logging
+import math
 import time
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
@@ -111,8 +112,10 @@ return removed
 """ % {"statuses": ", ".join(f"'{s}'" for s in STATUSES), "default": 30 * 86400}
 
 SWEEP_BATCH = 500
-# How often every process writes the bounds, and the lease holder sweeps.
+# How often every process writes the bounds, and the lease holder sweeps;
+# how often it looks whether it holds the lease.
 KEEP_INTERVAL = 60.0
+KEEP_TURN = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +134,8 @@ class TaskRecords:
         """Hand the emit script this server's retention and bounds."""
         config = self._config
         await self._redis.hset(self._keys.records_config, mapping={
-            "retention": int(config.retention), "failed_retention": int(config.failed_retention),
+            "retention": repr(float(config.retention)),
+            "failed_retention": repr(float(config.failed_retention)),
             "max": config.max_records, "timeline": config.timeline})
 
     async def get(self, task_id: str) -> Optional[Tuple[Optional[str], dict]]:
@@ -146,14 +150,22 @@ class TaskRecords:
 
     async def keep(self, leading: Callable[[], bool]) -> None:
         """Forever: hand the emit script the bounds now and every
-        `KEEP_INTERVAL`, and, while `leading()`, sweep old records. A Redis
-        outage is logged once and tried again at the next turn."""
+        `KEEP_INTERVAL`; while `leading()`, sweep old records as well, the
+        first time within `KEEP_TURN` of taking the lease. A Redis outage is
+        logged once and tried again at the next turn."""
         failing = False
+        configured = swept = -math.inf
         while True:
+            now = time.monotonic()
             try:
-                await self.configure()
-                if leading():
+                if now - configured >= KEEP_INTERVAL:
+                    await self.configure()
+                    configured = now
+                if not leading():
+                    swept = -math.inf  # lead again later: sweep at once
+                elif now - swept >= KEEP_INTERVAL:
                     removed = await self.sweep()
+                    swept = now
                     if removed:
                         log.info("task records: %d past their retention removed", removed)
                 if failing:
@@ -162,9 +174,9 @@ class TaskRecords:
             except (RedisError, OSError) as exc:
                 if not failing:
                     log.warning("task records: cannot write bounds or sweep (%s); trying again "
-                                "every %.0f s", exc, KEEP_INTERVAL)
+                                "every %.0f s", exc, KEEP_TURN)
                 failing = True
-            await asyncio.sleep(KEEP_INTERVAL)
+            await asyncio.sleep(KEEP_TURN)
 
     async def get_many(self, task_ids: Iterable[str]) -> Dict[str, Tuple[Optional[str], dict]]:
         """(owner, record) of each task that has one, by task id: one round trip."""

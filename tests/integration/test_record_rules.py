@@ -176,3 +176,13 @@ def test_the_script_writes_exactly_the_keys_the_server_reads(redis_server, prefi
                        keys.status_records("failed"), keys.owner_records("alice"),
                        keys.status_records("failed", "alice"), keys.minute_counts(10)}
     assert client.hgetall(keys.minute_counts(10)) == {b"failed": b"1", b"failed:alice": b"1"}
+
+
+def test_a_retention_of_a_fraction_of_a_second_is_kept_as_given(redis_server, prefix, emitter):
+    config = RecordsConfig(retention=1.5, failed_retention=1.5)
+    run(redis_server.url, prefix, lambda r: r.configure(), config)
+    emitter.emit(ev.task_completed("t", 1, "x"), record={"attempt": 0})
+    assert (emitter.written, emitter.pending) == (1, 0)
+    first_written = time.time()
+    assert run(redis_server.url, prefix, lambda r: r.sweep(now=first_written + 1.0), config) == 0
+    assert run(redis_server.url, prefix, lambda r: r.sweep(now=first_written + 2.0), config) == 1
