@@ -304,6 +304,13 @@ SETTINGS = (
     Setting("history_maxlen", "NOTIFY_HISTORY_MAXLEN", _positive_int,
             "events the history keeps (about) when the bridge writes; give the workers' hook "
             "the same", to="redis.history_maxlen"),
+    Setting("emit_wait_replicas", "NOTIFY_EMIT_WAIT_REPLICAS", _count(0, ""),
+            "replicas each event the bridge writes must reach (Redis `WAIT`) before it counts "
+            "as written; give the workers' hook the same (0: the primary's answer)",
+            to="redis.wait_replicas"),
+    Setting("emit_wait_timeout", "NOTIFY_EMIT_WAIT_TIMEOUT", _seconds(0, inclusive=False),
+            "seconds a write waits for those replicas; one that did not reach them is counted "
+            "and logged, not retried", to="redis.wait_timeout"),
     Setting("log_level", "NOTIFY_LOG_LEVEL", _log_level, "logging level", default="INFO"),
     Setting("xheaders", "NOTIFY_XHEADERS", _bool,
             "trust X-Real-IP/X-Forwarded-For and X-Forwarded-Proto from a reverse proxy (set "

@@ -24,6 +24,8 @@ class RedisConfig:
     master: Optional[str] = None                 # the master the sentinels watch
     prefix: str = DEFAULT_PREFIX                 # of every key (`Keys`)
     history_maxlen: int = DEFAULT_HISTORY_MAXLEN  # when the bridge writes the history
+    wait_replicas: int = 0                       # the bridge's writes wait for this many replicas
+    wait_timeout: float = 0.1                    # at most this long
 
     @property
     def keys(self) -> Keys:

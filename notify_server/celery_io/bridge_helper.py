@@ -53,7 +53,8 @@ def run_helper(options: BridgeOptions, leading, pipe) -> None:
     app = broker_app(celery.broker_url, options.broker_master, celery.broker_transport_options)
     redis = options.redis
     emitter = Emitter(redis.url, prefix=redis.prefix, history_maxlen=redis.history_maxlen,
-                      sentinels=redis.sentinels, master=redis.master)
+                      sentinels=redis.sentinels, master=redis.master,
+                      wait_replicas=redis.wait_replicas, wait_timeout=redis.wait_timeout)
     forwarder = EventForwarder(app, options, emitter, leading, pipe)
     log.info("reading Celery events from the broker%s",
              "; enabling them on workers every %.0f s" % ENABLE_EVENTS_INTERVAL

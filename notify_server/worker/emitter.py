@@ -5,6 +5,7 @@ Synchronous (redis-py), because Celery task bodies and signal handlers are.
 
 import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -23,6 +24,9 @@ from notify_server.protocol.task_events import ONCE_WINDOW, encode_event
 
 log = logging.getLogger(__name__)
 
+# Writes not replicated in time are logged at most once per this many seconds.
+UNREPLICATED_LOG_EVERY = 60.0
+
 class Emitter:
     """Writes events to the history stream and the live channel, and each
     task event into its task's record, in one atomic script call
@@ -39,6 +43,11 @@ class Emitter:
     own connection, lock and buffer on first use. Safe to call from several
     threads of one process.
 
+    With `wait_replicas` N > 0 each write is followed, in the same round
+    trip, by ``WAIT N`` for at most `wait_timeout` seconds: a write that did
+    not reach N replicas in time is still written (and not retried), counted
+    in `unreplicated` and logged at most once a minute.
+
     With `sentinels` ((host, port) pairs) and `master`, Redis is the primary
     Redis Sentinel names (`redis_url`, if given, supplies only the database
     and password): after a failover the write that fails is kept in the
@@ -48,7 +57,8 @@ class Emitter:
     def __init__(self, redis_url: Optional[str], *, prefix: str = DEFAULT_PREFIX,
                  history_maxlen: int = DEFAULT_HISTORY_MAXLEN, timeout: float = 0.5, buffer_size: int = 1000,
                  retry_interval: float = 1.0, sentinels: Sequence[Tuple[str, int]] = (),
-                 master: Optional[str] = None):
+                 master: Optional[str] = None, wait_replicas: int = 0,
+                 wait_timeout: float = 0.1):
         self._url = redis_url
         self._sentinels, self._master = tuple(sentinels), master
         keys = Keys(prefix)
@@ -56,7 +66,10 @@ class Emitter:
         self._once_prefix, self._root = keys.once_prefix, keys.root
         self._maxlen = history_maxlen
         self._timeout, self._buffer_size, self._retry_interval = timeout, buffer_size, retry_interval
+        self._wait_replicas, self._wait_ms = wait_replicas, max(1, int(wait_timeout * 1000))
         self._pid: Optional[int] = None
+        self.unreplicated = 0  # written, but not on `wait_replicas` replicas in time
+        self._unreplicated_logged_at = -math.inf
         self.dropped = 0
         self.written = 0
         self.duplicates = 0
@@ -73,7 +86,8 @@ class Emitter:
         self._down_since: Optional[float] = None
         self._retry_at = 0.0
         self._flusher: Optional[threading.Thread] = None
-        self._script = self._client().register_script(EMIT_SCRIPT)
+        self._client_for_pipelines = self._client()
+        self._script = self._client_for_pipelines.register_script(EMIT_SCRIPT)
 
     def _client(self) -> redis.Redis:
         options = {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout,
@@ -119,10 +133,13 @@ class Emitter:
             return
         while self._pending:
             payload, once, pairs = self._pending[0]
+            keys = [*self._keys, once]
+            args = [payload, self._maxlen, ONCE_WINDOW, self._root if pairs else "", *pairs]
             try:
-                written = self._script(
-                    keys=[*self._keys, once],
-                    args=[payload, self._maxlen, ONCE_WINDOW, self._root if pairs else "", *pairs])
+                if self._wait_replicas:
+                    written = self._write_and_wait(keys, args)
+                else:
+                    written = self._script(keys=keys, args=args)
             except RedisError as exc:
                 self._note_outage(exc)
                 return
@@ -135,6 +152,23 @@ class Emitter:
             log.warning("notify: Redis is back after %.1f s; pending events written (%d dropped)",
                         time.monotonic() - self._down_since, self.dropped)
             self._down_since = None
+
+    def _write_and_wait(self, keys: List[str], args: list) -> Optional[bytes]:
+        """The script, then WAIT for the replicas, in one round trip."""
+        pipe = self._client_for_pipelines.pipeline(transaction=False)
+        self._script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+        written, replicas = pipe.execute()
+        if written is not None and replicas < self._wait_replicas:
+            self.unreplicated += 1
+            now = time.monotonic()
+            if now - self._unreplicated_logged_at >= UNREPLICATED_LOG_EVERY:
+                self._unreplicated_logged_at = now
+                log.warning("notify: an event reached %d of %d replica(s) within %d ms; it is "
+                            "written on the primary but a failover now could lose it (%d such "
+                            "writes so far; logged at most once a minute)", replicas,
+                            self._wait_replicas, self._wait_ms, self.unreplicated)
+        return written
 
     def _log_replaced(self, replaced: set) -> None:
         for kind in replaced - self._replaced_logged:

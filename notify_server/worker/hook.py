@@ -32,7 +32,8 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[st
             subject_arg: Optional[str] = None, owner_arg: Optional[str] = None,
             owner: Optional[OwnerFunction] = None, history_maxlen: Optional[int] = None,
             sentinels: Optional[Sequence[Tuple[str, int]]] = None,
-            master: Optional[str] = None) -> "Notifier":
+            master: Optional[str] = None, wait_replicas: Optional[int] = None,
+            wait_timeout: Optional[float] = None) -> "Notifier":
     """Emit task events for every task of `app`; returns the `Notifier`.
 
     Redis is `redis_url`, else $NOTIFY_REDIS_URL, else $REDIS_URL, else the
@@ -43,7 +44,10 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[st
     database and password. The other arguments default to $NOTIFY_PREFIX ("notify"),
     $NOTIFY_SUBJECT_ARG ("avid"), $NOTIFY_OWNER_ARG ("user_id"; also when
     empty) and $NOTIFY_HISTORY_MAXLEN (10000); prefix, subject_arg and
-    owner_arg must match the server's settings of the same names.
+    owner_arg must match the server's settings of the same names. With
+    `wait_replicas` N (else $NOTIFY_EMIT_WAIT_REPLICAS, 0) each event is
+    acknowledged only once N replicas have it, or `wait_timeout` seconds
+    (else $NOTIFY_EMIT_WAIT_TIMEOUT, 0.1) passed: see `Emitter`.
 
     A task's owner is its keyword argument `owner_arg`, or, when `owner` is
     given, what `owner(args, kwargs)` returns for the task's arguments (a
@@ -70,7 +74,11 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[st
                           os.environ.get("NOTIFY_HISTORY_MAXLEN", DEFAULT_HISTORY_MAXLEN)),
                       sentinels=sentinels,
                       master=(master or os.environ.get("NOTIFY_REDIS_MASTER")
-                              or DEFAULT_SENTINEL_MASTER))
+                              or DEFAULT_SENTINEL_MASTER),
+                      wait_replicas=(wait_replicas if wait_replicas is not None else
+                                     int(os.environ.get("NOTIFY_EMIT_WAIT_REPLICAS") or 0)),
+                      wait_timeout=(wait_timeout if wait_timeout is not None else
+                                    float(os.environ.get("NOTIFY_EMIT_WAIT_TIMEOUT") or 0.1)))
     notifier = Notifier(app, emitter,
                         subject_arg or os.environ.get("NOTIFY_SUBJECT_ARG", DEFAULT_SUBJECT_ARG),
                         owner_arg=(owner_arg or os.environ.get("NOTIFY_OWNER_ARG")

@@ -10,6 +10,7 @@ cost is written to test-artifacts/sentinel-failover.txt.
 
 import asyncio
 import json
+import logging
 import re
 import signal
 import threading
@@ -448,3 +449,28 @@ async def test_events_neither_the_replica_nor_the_server_got_are_announced_by_re
                 caplog.messages)
     assert len(run.lost) >= 10, run.lost
     run.assert_every_client_got_every_event_or_resync()
+
+
+def test_with_wait_replicas_a_write_the_replica_did_not_get_in_time_is_counted_and_logged(
+        cluster, caplog):
+    """`wait_replicas=1`: a write the replica has is acknowledged as usual; with the
+    replica stopped, the write still lands on the primary, is counted as
+    unreplicated and logged once, and the next one waits no longer than the timeout."""
+    caplog.set_level(logging.WARNING, logger="notify_server.worker.emitter")
+    emitter = Emitter(None, sentinels=cluster.sentinels, master=cluster.master,
+                      wait_replicas=1, wait_timeout=0.2)
+    emitter.emit(progress("WAIT", 1))
+    assert (emitter.written, emitter.unreplicated) == (1, 0)
+    cluster.replica.pause()
+    try:
+        emitter.emit(progress("WAIT", 2))
+        emitter.emit(progress("WAIT", 3))
+    finally:
+        cluster.replica.resume()
+    assert (emitter.written, emitter.unreplicated, emitter.pending) == (3, 2, 0)
+    warned = [r.getMessage() for r in caplog.records if "replica(s) within" in r.getMessage()]
+    assert len(warned) == 1 and "reached 0 of 1 replica(s) within 200 ms" in warned[0]
+    numbers = [json.loads(fields["event"])["data"]["current"]
+               for _, fields in redis.Redis(*cluster.primary.address, decode_responses=True)
+               .xrange(Keys().history_stream) if "WAIT" in fields["event"]]
+    assert numbers[-3:] == [1, 2, 3]
