@@ -324,3 +324,163 @@ def test_with_the_real_bridge_the_strip_shows_the_workers_heartbeats_and_the_que
             re.compile(r"^celery \d+ waiting$"))
     finally:
         assert server.stop() == 0
+
+
+# -- task records: the detail dialog, recent failures, the per-minute chart ------
+
+DATE_TIME = re.compile(r"\d{1,2}:\d\d:\d\d")
+
+
+def detail_field(page, key: str):
+    return page.locator(f'#detail dd[data-field="{key}"]')
+
+
+def test_clicking_a_running_task_opens_its_record_which_follows_it_to_success(
+        page, server_port, producer):
+    open_dashboard(page, server_port)
+    avid = unique_avid("DETAIL")
+    task_id = submit(producer, avid, seconds=2.0)
+
+    running_row(page, task_id).click()
+    dialog = page.locator("#detail")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#detail-task-id")).to_have_text(task_id)
+    expect(detail_field(page, "status")).to_have_text(re.compile(r"^(started|progress)$"))
+
+    expect(detail_field(page, "status")).to_have_text("success")
+    expect(detail_field(page, "avid")).to_have_text(avid)
+    expect(detail_field(page, "name")).to_have_text("notify_server.demo.download")
+    expect(detail_field(page, "worker")).to_have_text(re.compile(r"^test-\w+@localhost$"))
+    expect(detail_field(page, "message")).to_have_text(f"{avid} downloaded")
+    expect(detail_field(page, "progress")).to_have_text(f"100% (10 of 10): {avid}: 100%")
+    expect(detail_field(page, "runtime")).to_have_text(re.compile(r"^[2-4]\.\d\d s$"))
+    expect(detail_field(page, "received_at")).to_have_text("—")
+    expect(detail_field(page, "started_at")).to_have_text(DATE_TIME)
+    expect(detail_field(page, "finished_at")).to_have_text(DATE_TIME)
+    timeline = page.locator("#detail-timeline li")
+    expect(timeline).to_have_count(12)
+    assert timeline.evaluate_all("rows => rows.map((row) => row.dataset.kind)") == \
+        ["started"] + ["progress"] * 10 + ["completed"]
+    expect(timeline.last.locator(".offset")).to_have_text(re.compile(r"^\+[2-4]\.\d\d s$"))
+    page.screenshot(path=str(ARTIFACTS / "dashboard-detail.png"))
+
+    page.locator("#detail-close").click()
+    expect(dialog).to_be_hidden()
+
+
+def test_a_failed_task_opens_from_its_notification_with_its_reason_and_timeline(
+        page, server_port, producer):
+    open_dashboard(page, server_port)
+    avid = unique_avid("DETAILBAD")
+    task_id = submit(producer, avid, seconds=0.4, fail=True)
+
+    notification(page, task_id, "failed").click()
+    expect(detail_field(page, "status")).to_have_text("failed")
+    reason = f"RuntimeError: download of {avid} failed: the source went away at 50%"
+    expect(detail_field(page, "message")).to_have_text(reason)
+    expect(page.locator("#detail dt").filter(has_text="Reason")).to_have_count(1)
+    expect(detail_field(page, "avid")).to_have_text(avid)
+    expect(detail_field(page, "worker")).to_have_text(re.compile(r"^test-\w+@localhost$"))
+    expect(detail_field(page, "progress")).to_have_text(f"40% (4 of 10): {avid}: 40%")
+    expect(detail_field(page, "finished_at")).to_have_text(DATE_TIME)
+    timeline = page.locator("#detail-timeline li")
+    expect(timeline).to_have_count(6)
+    assert timeline.evaluate_all("rows => rows.map((row) => row.dataset.kind)") == \
+        ["started"] + ["progress"] * 4 + ["failed"]
+
+    page.keyboard.press("Escape")
+    expect(page.locator("#detail")).to_be_hidden()
+
+
+def emit_failure(emitter: Emitter, task_id: str, name: str, reason: str) -> None:
+    record = {"attempt": 0, "name": name, "worker": "w1@host"}
+    emitter.emit(task_events.task_started(task_id, task_id.upper()), record=record)
+    emitter.emit(task_events.task_failed(task_id, task_id.upper(), reason), record=record)
+
+
+def test_recent_failures_list_reasons_narrow_by_task_name_and_load_more(page, redis_server):
+    prefix = f"failures-{uuid.uuid4().hex[:6]}"
+    server, port = start_server(redis_server.url, "--prefix", prefix, name="dashboard-failures")
+    emitter = Emitter(redis_server.url, prefix=prefix)
+    for n in range(25):
+        emit_failure(emitter, f"exp-{n:02d}", "tasks.export", f"OSError: disk {n} full")
+    for n in range(2):
+        emit_failure(emitter, f"imp-{n}", "tasks.import", f"ValueError: bad row {n}")
+    emitter.emit(task_events.task_completed("fine-1", "FINE-1", "ok"),
+                 record={"attempt": 0, "name": "tasks.import"})
+    rows = page.locator("#failures li")
+    try:
+        open_dashboard(page, port)
+
+        expect(rows).to_have_count(20)
+        expect(rows.first).to_have_attribute("data-task-id", "imp-1")
+        expect(rows.first.locator(".message")).to_have_text("ValueError: bad row 1")
+        expect(rows.first.locator(".task-name")).to_have_text("tasks.import")
+        more = page.locator("#failures-more")
+        more.click()
+        expect(rows).to_have_count(27)
+        expect(rows.last).to_have_attribute("data-task-id", "exp-00")
+        expect(rows.last.locator(".message")).to_have_text("OSError: disk 0 full")
+        expect(more).to_be_hidden()
+
+        page.locator("#failures-name").fill("tasks.import")
+        expect(rows).to_have_count(2)
+        assert rows.evaluate_all("rows => rows.map((row) => row.dataset.taskId)") == \
+            ["imp-1", "imp-0"]
+        expect(rows.nth(1).locator(".message")).to_have_text("ValueError: bad row 0")
+
+        emit_failure(emitter, "exp-late", "tasks.export", "OSError: late")
+        emit_failure(emitter, "imp-late", "tasks.import", "ValueError: late row")
+        expect(rows.first).to_have_attribute("data-task-id", "imp-late")
+        expect(rows.first.locator(".message")).to_have_text("ValueError: late row")
+        expect(rows).to_have_count(3)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-failures.png"))
+
+        rows.first.click()
+        expect(detail_field(page, "name")).to_have_text("tasks.import")
+        expect(detail_field(page, "message")).to_have_text("ValueError: late row")
+    finally:
+        assert server.stop() == 0
+
+
+def test_chart_shows_each_minutes_completed_and_failed_tasks_of_the_last_hour(
+        page, redis_server):
+    prefix = f"chart-{uuid.uuid4().hex[:6]}"
+    server, port = start_server(redis_server.url, "--prefix", prefix, name="dashboard-chart")
+    emitter = Emitter(redis_server.url, prefix=prefix)
+    now = time.time()
+    busy, quiet = now - 10 * 60, now - 3 * 60
+    finished = [("c1", busy, True), ("c2", busy, True), ("c3", busy, True), ("f1", busy, False),
+                ("c4", quiet, True), ("f2", quiet, False), ("f3", quiet, False)]
+    for task_id, at, ok in finished:
+        message = (task_events.task_completed(task_id, task_id, "done") if ok
+                   else task_events.task_failed(task_id, task_id, "Boom"))
+        emitter.emit(message, record={"attempt": 0, "name": "tasks.x", "time": at})
+    chart = page.locator("#minute-chart")
+    try:
+        open_dashboard(page, port)
+
+        expect(page.locator("#chart-summary")).to_have_text(
+            "4 completed, 3 failed in the last hour; busiest minute: 4")
+        expect(chart.locator("g.minute")).to_have_count(60)
+        busy_column = chart.locator(f'g[data-minute="{int(busy // 60) * 60}"]')
+        expect(busy_column).to_have_attribute("data-completed", "3")
+        expect(busy_column).to_have_attribute("data-failed", "1")
+        # The busiest minute fills the 120 units: 3 of 4 completed, 1 of 4 failed on top.
+        expect(busy_column.locator("rect.completed")).to_have_attribute("height", "90")
+        expect(busy_column.locator("rect.failed")).to_have_attribute("height", "30")
+        expect(busy_column.locator("title")).to_have_text(
+            re.compile(r"^\d\d:\d\d:00: 3 completed, 1 failed$"))
+        quiet_column = chart.locator(f'g[data-minute="{int(quiet // 60) * 60}"]')
+        expect(quiet_column).to_have_attribute("data-completed", "1")
+        expect(quiet_column).to_have_attribute("data-failed", "2")
+        expect(quiet_column.locator("rect.failed")).to_have_attribute("height", "60")
+        expect(chart.locator('g[data-completed="0"][data-failed="0"]')).to_have_count(58)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-chart.png"))
+
+        emitter.emit(task_events.task_completed("c-now", "C-NOW", "done"),
+                     record={"attempt": 0, "name": "tasks.x"})
+        expect(page.locator("#chart-summary")).to_have_text(
+            "5 completed, 3 failed in the last hour; busiest minute: 4")
+    finally:
+        assert server.stop() == 0

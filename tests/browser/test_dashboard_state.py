@@ -238,3 +238,65 @@ def test_a_snapshot_that_agrees_a_worker_is_offline_keeps_the_reason_the_event_g
         ("queue_status", snapshot(worker_states=[offline])),
         ("look",))
     assert view["workers"] == [["a@h", False, (START - 30) * 1000, "heartbeats stopped"]]
+
+
+# -- task records: formatting and the chart's geometry ------------------------------
+
+RECORDS = """async ([name, args]) => {
+    const state = await import('/static/dashboard-state.js');
+    if (name === 'recordDetails') return state.recordDetails(args[0], (s) => `T${s}`);
+    return state[name](...args);
+}"""
+
+
+@pytest.fixture
+def run_records(page, server_port):
+    """Call one of dashboard-state.js's record functions in the page."""
+    page.goto(f"http://127.0.0.1:{server_port}/")
+    return lambda name, *args: page.evaluate(RECORDS, [name, list(args)])
+
+
+def test_runtimes_are_short_under_a_minute_and_clock_like_beyond(run_records):
+    assert [run_records("formatRuntime", s) for s in (0.4213, 12.34, 125, 3725, None, -1)] == \
+        ["0.42 s", "12.3 s", "2:05", "1:02:05", "—", "0.00 s"]
+
+
+def test_a_records_details_name_each_field_and_say_what_is_not_known(run_records):
+    record = {"task_id": "t", "avid": "A-1", "name": "tasks.x", "status": "failed",
+              "worker": "w@h", "received_at": None, "started_at": 10.0, "finished_at": 12.5,
+              "runtime": 2.5, "message": "ValueError: boom", "retries": 1,
+              "progress": {"current": 4, "total": 10, "percent": 40.0, "message": "step 4"}}
+    details = run_records("recordDetails", record)
+    assert [(d["key"], d["label"], d["text"]) for d in details] == [
+        ("avid", "Subject", "A-1"), ("name", "Name", "tasks.x"), ("status", "Status", "failed"),
+        ("worker", "Worker", "w@h"), ("received_at", "Received", "—"),
+        ("started_at", "Started", "T10"), ("finished_at", "Finished", "T12.5"),
+        ("runtime", "Runtime", "2.50 s"), ("progress", "Progress", "40% (4 of 10): step 4"),
+        ("retries", "Retries", "1"), ("message", "Reason", "ValueError: boom")]
+    bare = run_records("recordDetails", {"task_id": "t", "avid": None, "status": "started"})
+    assert {d["key"]: d["text"] for d in bare}["avid"] == "—"
+    assert {d["key"]: d["label"] for d in bare}["message"] == "Message"
+
+
+def test_a_timeline_gives_each_event_its_kind_and_offset_from_the_first(run_records):
+    rows = run_records("timelineRows", {"events": [
+        {"type": "task_started", "time": 100.0, "id": "1-0"},
+        {"type": "task_progress", "time": 100.25, "id": "2-0"},
+        {"type": "task_completed", "time": 103.5, "id": "3-0"}]})
+    assert rows == [{"kind": "started", "at": 100.0, "offset": 0, "id": "1-0"},
+                    {"kind": "progress", "at": 100.25, "offset": 0.25, "id": "2-0"},
+                    {"kind": "completed", "at": 103.5, "offset": 3.5, "id": "3-0"}]
+
+
+def test_chart_columns_stack_failed_on_completed_and_the_busiest_minute_fills_the_height(
+        run_records):
+    minutes = [{"minute": 60, "completed": 3, "failed": 1},
+               {"minute": 120, "completed": 0, "failed": 0},
+               {"minute": 180, "completed": 1, "failed": 1}]
+    chart = run_records("minuteChart", minutes, 300, 100)
+    assert (chart["peak"], chart["completed"], chart["failed"]) == (4, 4, 2)
+    assert [(b["x"], b["width"]) for b in chart["bars"]] == [(10, 80), (110, 80), (210, 80)]
+    assert [(b["completedY"], b["completedHeight"], b["failedY"], b["failedHeight"])
+            for b in chart["bars"]] == [(25, 75, 0, 25), (100, 0, 100, 0), (75, 25, 50, 25)]
+    quiet = run_records("minuteChart", [{"minute": 60, "completed": 0, "failed": 0}], 600, 120)
+    assert quiet["peak"] == 0 and quiet["bars"][0]["completedHeight"] == 0

@@ -353,3 +353,139 @@ def test_client_delivers_the_event_bridges_messages_and_resumes_after_a_worker_e
     assert page.evaluate("() => window.bridge") == [
         {"type": event["type"], "data": event["data"], "id": event["id"]} for event in bridge_events]
     assert urls[1].endswith("?last_event_id=1700000000000-4")
+
+
+# -- task records ------------------------------------------------------------------
+
+def wait_for_completion(page, task_id: str) -> None:
+    page.wait_for_function(
+        "(id) => window.events.some(([type, taskId]) => type === 'task_completed' && taskId === id)",
+        arg=task_id)
+
+
+def test_client_gets_a_tasks_record_and_null_for_an_unknown_task(
+        same_origin_page, producer):
+    page = same_origin_page
+    start_client(page)
+    avid = unique_avid("RECORD")
+    task_id = submit(producer, avid, seconds=0.2)
+    wait_for_completion(page, task_id)
+
+    record, unknown = page.evaluate("""async (id) => [
+        await client.getTask(id), await client.getTask('no-such-task-' + id)]""", task_id)
+    assert unknown is None
+    assert record["task_id"] == task_id and record["avid"] == avid
+    assert record["status"] == "success" and record["message"] == f"{avid} downloaded"
+    assert record["name"] == "notify_server.demo.download"
+    assert [event["type"] for event in record["events"]] == \
+        ["task_started"] + ["task_progress"] * 10 + ["task_completed"]
+    assert record["last_id"] == record["events"][-1]["id"]
+
+
+def test_client_lists_records_page_by_page_and_rejects_a_bad_filter_with_the_servers_reason(
+        same_origin_page, producer):
+    page = same_origin_page
+    start_client(page)
+    base = unique_avid("LIST")
+    first = submit(producer, f"{base}-1", seconds=0.1)
+    wait_for_completion(page, first)
+    second = submit(producer, f"{base}-2", seconds=0.1)
+    wait_for_completion(page, second)
+
+    pages = page.evaluate("""async (q) => {
+        const one = await client.listTasks({ q, limit: 1, status: 'success', name: null });
+        const two = await client.listTasks({ q, limit: 1, cursor: one.next });
+        const all = await client.listTasks({ q });
+        let refused;
+        try { await client.listTasks({ status: 'lost' }); } catch (error) {
+            refused = { status: error.status, message: error.message };
+        }
+        return { one, two, all, refused };
+    }""", base)
+    assert [t["task_id"] for t in pages["one"]["tasks"]] == [second]
+    assert pages["one"]["next"]
+    assert [t["task_id"] for t in pages["two"]["tasks"]] == [first]
+    assert [t["task_id"] for t in pages["all"]["tasks"]] == [second, first]
+    assert pages["all"]["next"] is None
+    assert pages["refused"]["status"] == 400
+    assert pages["refused"]["message"].startswith("400 status: one of received, started")
+
+
+def test_subscribe_resolves_with_the_records_of_the_named_tasks_before_their_later_events(
+        same_origin_page, producer):
+    page = same_origin_page
+    start_client(page)
+    done = submit(producer, unique_avid("SUBDONE"), seconds=0.1)
+    wait_for_completion(page, done)
+    running = submit(producer, unique_avid("SUBRUN"), seconds=2.0)
+    page.wait_for_function(
+        "(id) => window.events.some(([type, taskId]) => type === 'task_progress' && taskId === id)",
+        arg=running)
+
+    records = page.evaluate("""async (ids) => {
+        window.taskMessages = [];
+        client.on('task', (data) => window.taskMessages.push(data.task_id));
+        window.afterRecords = window.events.length;
+        return client.subscribe({ task_ids: ids });
+    }""", [done, running, "never-submitted"])
+    by_id = {r["task_id"]: r for r in records}
+    assert sorted(by_id) == sorted([done, running]), "a record each, none for the unknown id"
+    assert by_id[done]["status"] == "success"
+    assert by_id[running]["status"] == "progress" and by_id[running]["finished_at"] is None
+    assert page.evaluate("() => window.taskMessages") == [r["task_id"] for r in records]
+
+    wait_for_completion(page, running)
+    later = page.evaluate("() => window.events.slice(window.afterRecords)")
+    ids = [event_id for _, task_id, event_id in later if task_id == running]
+    assert all(_id_after(event_id, by_id[running]["last_id"]) for event_id in ids), \
+        "an event the record already showed was sent again"
+    assert [kind for kind, task_id, _ in later if task_id == running][-1] == "task_completed"
+
+
+def _id_after(event_id: str, last_id: str) -> bool:
+    return tuple(map(int, event_id.split("-"))) > tuple(map(int, last_id.split("-")))
+
+
+def test_subscribe_collects_only_its_tasks_records_up_to_the_pong_of_its_own_ping(
+        same_origin_page, server_port):
+    """A scripted server answers the subscribe with two records, one of them
+    of a task not named, then the ping with a pong; before it, the client's
+    promise must still be pending."""
+    page = same_origin_page
+    frames = []
+    record = {"task_id": "t1", "avid": "A-1", "status": "success", "events": []}
+    other = {"task_id": "t9", "avid": "A-9", "status": "failed", "events": []}
+
+    def scripted_server(socket):
+        def answer(frame):
+            action = json.loads(frame)
+            frames.append(action)
+            if action["action"] == "subscribe" and action.get("task_ids"):
+                socket.send(json.dumps({"type": "task", "data": record}))
+                socket.send(json.dumps({"type": "task", "data": other}))
+            elif action["action"] == "ping":
+                socket.send(json.dumps({"type": "pong", "data": {"time": time.time()}}))
+
+        socket.on_message(answer)
+
+    page.route_web_socket(MOCK_SOCKET, scripted_server)
+    start_client(page, f"ws://127.0.0.1:{server_port}/mock/ws/tasks/")
+    result = page.evaluate("""async () => {
+        const byAvid = await client.subscribe({ avids: ['A-1'] });
+        const byId = await client.subscribe({ task_ids: ['t1', 't2'] });
+        return { byAvid, byId };
+    }""")
+    assert result == {"byAvid": [], "byId": [record]}
+    assert frames == [{"action": "subscribe", "avids": ["A-1"]},
+                      {"action": "subscribe", "task_ids": ["t1", "t2"]}, {"action": "ping"}]
+
+
+def test_rest_url_follows_the_socket_urls_scheme_and_path_prefix(same_origin_page):
+    urls = same_origin_page.evaluate("""async () => {
+        const { restUrl } = await import('/static/notify-client.js');
+        return [restUrl('wss://example.com/tasks-monitor/ws/tasks/?token=x'),
+                restUrl('ws://example.com:8080/ws/tasks'),
+                restUrl('ws://example.com/sockets/tasks')];
+    }""")
+    assert urls == ["https://example.com/tasks-monitor/api/tasks/",
+                    "http://example.com:8080/api/tasks/", "http://example.com/sockets/api/tasks/"]

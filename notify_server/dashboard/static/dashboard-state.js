@@ -6,6 +6,10 @@
  * the workers and the queue depths. Each `apply*` method returns the names of
  * the parts that changed ('running', 'waiting', 'notifications', 'snapshot',
  * 'workers', 'queues'), so a view redraws only those.
+ *
+ * Task records (the detail view, the failures view, the per-minute chart):
+ * `recordDetails` and `timelineRows` say what a record shows, `formatRuntime`
+ * and `formatProgress` how, and `minuteChart` where each minute's bars go.
  */
 
 export const NOTIFICATION_LIMIT = 50;
@@ -243,4 +247,102 @@ function byName(a, b) {
 
 function latest(a, b) {
   return a === null ? b : b === null ? a : Math.max(a, b);
+}
+
+// -- task records ---------------------------------------------------------------
+
+/** Seconds as "0.42 s", "12.3 s", "2:05" or "1:02:05"; "—" when unknown. */
+export function formatRuntime(seconds) {
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds)) return '—';
+  const value = Math.max(0, seconds);
+  if (value < 10) return `${value.toFixed(2)} s`;
+  if (value < 60) return `${value.toFixed(1)} s`;
+  const whole = Math.round(value);
+  const h = Math.floor(whole / 3600);
+  const m = Math.floor((whole % 3600) / 60);
+  const s = String(whole % 60).padStart(2, '0');
+  return h ? `${h}:${String(m).padStart(2, '0')}:${s}` : `${m}:${s}`;
+}
+
+/** A record's `progress` as "40% (4 of 10): step 4"; "—" when none was reported. */
+export function formatProgress(progress) {
+  if (!progress || typeof progress !== 'object') return '—';
+  const percent = typeof progress.percent === 'number' ? `${Math.round(progress.percent)}%` : '?%';
+  let text = `${percent} (${progress.current ?? '?'} of ${progress.total ?? '?'})`;
+  if (progress.message) text += `: ${progress.message}`;
+  return text;
+}
+
+/**
+ * What the detail view lists for a record, in order: [{key, label, text}].
+ * `formatTime(epochSeconds)` writes a time; an unknown value is "—".
+ */
+export function recordDetails(record, formatTime) {
+  const time = (seconds) => (typeof seconds === 'number' ? formatTime(seconds) : '—');
+  const text = (value) => (value === null || value === undefined || value === ''
+    ? '—' : String(value));
+  return [
+    { key: 'avid', label: 'Subject', text: text(record.avid) },
+    { key: 'name', label: 'Name', text: text(record.name) },
+    { key: 'status', label: 'Status', text: text(record.status) },
+    { key: 'worker', label: 'Worker', text: text(record.worker) },
+    { key: 'received_at', label: 'Received', text: time(record.received_at) },
+    { key: 'started_at', label: 'Started', text: time(record.started_at) },
+    { key: 'finished_at', label: 'Finished', text: time(record.finished_at) },
+    { key: 'runtime', label: 'Runtime', text: formatRuntime(record.runtime) },
+    { key: 'progress', label: 'Progress', text: formatProgress(record.progress) },
+    { key: 'retries', label: 'Retries', text: String(record.retries ?? 0) },
+    { key: 'message', label: record.status === 'failed' ? 'Reason' : 'Message',
+      text: text(record.message) },
+  ];
+}
+
+/**
+ * A record's timeline as rows: [{kind ('started', 'progress', ...), at
+ * (epoch seconds), offset (seconds since the first event kept, or null), id}].
+ */
+export function timelineRows(record) {
+  const events = Array.isArray(record.events) ? record.events : [];
+  const first = events.find((event) => typeof event.time === 'number')?.time ?? null;
+  return events.map((event) => ({
+    kind: String(event.type ?? '').replace(/^task_/, ''),
+    at: event.time,
+    offset: first === null || typeof event.time !== 'number' ? null : event.time - first,
+    id: event.id,
+  }));
+}
+
+/**
+ * Where the bars of the per-minute chart go in a `width` × `height` box:
+ * one column per minute (oldest left), the completed tasks at the bottom and
+ * the failed ones stacked on them, scaled so that the busiest minute fills
+ * the height. Returns {bars: [{minute, completed, failed, x, width,
+ * completedY, completedHeight, failedY, failedHeight}], peak, completed,
+ * failed}: `peak` is the busiest minute's total, the others sums.
+ */
+export function minuteChart(minutes, width, height) {
+  const column = width / Math.max(1, minutes.length);
+  const peak = Math.max(0, ...minutes.map((m) => m.completed + m.failed));
+  const scale = peak ? height / peak : 0;
+  const bars = minutes.map((m, index) => {
+    const completedHeight = m.completed * scale;
+    const failedHeight = m.failed * scale;
+    return {
+      minute: m.minute,
+      completed: m.completed,
+      failed: m.failed,
+      x: hundredths(index * column + column * 0.1),
+      width: hundredths(column * 0.8),
+      completedY: hundredths(height - completedHeight),
+      completedHeight: hundredths(completedHeight),
+      failedY: hundredths(height - completedHeight - failedHeight),
+      failedHeight: hundredths(failedHeight),
+    };
+  });
+  const sum = (kind) => minutes.reduce((total, m) => total + m[kind], 0);
+  return { bars, peak, completed: sum('completed'), failed: sum('failed') };
+}
+
+function hundredths(value) {
+  return Math.round(value * 100) / 100;
 }

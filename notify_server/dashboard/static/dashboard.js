@@ -12,10 +12,18 @@
  * every connect. A socket the server closes with 4001 (token required,
  * expired or invalid) stops the page: the same token, or none, would be
  * refused again, so a banner says why and how to get in instead of retrying.
+ *
+ * Task records come from the REST API through the same client (and token):
+ * a click on any task row opens its record in a dialog, kept current while
+ * the task's events arrive; "Recent failures" pages through the failed
+ * records, filtered by task name; the chart counts completed and failed
+ * tasks per minute over the last hour, drawn as SVG by this module.
  */
 
 import { NotifyClient, socketUrl } from './notify-client.js';
-import { TaskBoard } from './dashboard-state.js';
+import {
+  TaskBoard, minuteChart, recordDetails, timelineRows, formatRuntime,
+} from './dashboard-state.js';
 
 /** The `token` query parameter (null if absent or empty), removed from the address bar. */
 function takeTokenFromAddress() {
@@ -100,6 +108,11 @@ function formatClock(ms) {
   return new Date(ms).toLocaleTimeString([], { hour12: false });
 }
 
+/** Epoch seconds as the local date and time, e.g. "12/3/2026, 11:36:17". */
+function formatDateTime(seconds) {
+  return new Date(seconds * 1000).toLocaleString([], { hour12: false });
+}
+
 function shortId(taskId) {
   return String(taskId).slice(0, 8);
 }
@@ -110,6 +123,7 @@ function shortId(taskId) {
 function taskRow(task) {
   const root = make('li', 'task');
   root.dataset.taskId = task.taskId;
+  root.tabIndex = 0;
   const name = make('span', 'name', root);
   const avid = make('span', 'avid', name);
   const id = make('span', 'task-id', name);
@@ -191,7 +205,10 @@ function drawWaiting() {
 const notifications = new KeyedList(element('notifications'), (note) => {
   const root = make('li', 'event');
   root.dataset.kind = note.kind;
-  if (note.taskId) root.dataset.taskId = note.taskId;
+  if (note.taskId) {
+    root.dataset.taskId = note.taskId;
+    root.tabIndex = 0;
+  }
   make('time', 'at', root).textContent = formatClock(note.at);
   make('span', 'kind', root).textContent = note.kind;
   make('span', 'avid', root).textContent = String(note.avid ?? '');
@@ -302,6 +319,250 @@ function drawTokenRefused(reason) {
   banner.hidden = false;
 }
 
+// -- task detail ------------------------------------------------------------------
+
+// The task the dialog shows; `generation` drops a reply for one shown before.
+const detailView = { taskId: null, generation: 0, loading: false, again: false };
+
+function openDetail(taskId) {
+  detailView.taskId = taskId;
+  detailView.generation += 1;
+  setText(element('detail-task-id'), taskId);
+  element('detail-fields').replaceChildren();
+  element('detail-timeline').replaceChildren();
+  setText(element('detail-dropped'), '');
+  showViewState(element('detail-state'), 'loading', 'Loading the record…');
+  const dialog = element('detail');
+  delete dialog.dataset.status;
+  if (!dialog.open) dialog.showModal();
+  loadDetail();
+}
+
+// One request at a time; events that arrive meanwhile ask for one more.
+async function loadDetail() {
+  if (detailView.loading) {
+    detailView.again = true;
+    return;
+  }
+  detailView.loading = true;
+  const { taskId, generation } = detailView;
+  let record = null;
+  let problem = null;
+  try {
+    record = await client.getTask(taskId);
+  } catch (error) {
+    problem = error;
+  }
+  detailView.loading = false;
+  if (generation === detailView.generation && detailView.taskId !== null) {
+    drawDetail(record, problem);
+  }
+  if (detailView.again) {
+    detailView.again = false;
+    if (detailView.taskId !== null) loadDetail();
+  }
+}
+
+function drawDetail(record, problem) {
+  const state = element('detail-state');
+  if (problem) {
+    showViewState(state, 'error', `The record could not be loaded: ${problem.message}`);
+    return;
+  }
+  if (!record) {
+    showViewState(state, 'missing', 'No record of this task: unknown, past its retention, '
+      + 'or not visible with this token.');
+    return;
+  }
+  showViewState(state, 'loaded', '');
+  element('detail').dataset.status = record.status ?? '';
+  const fields = recordDetails(record, formatDateTime).flatMap(({ key, label, text }) => {
+    const term = make('dt');
+    term.textContent = label;
+    const value = make('dd');
+    value.dataset.field = key;
+    value.textContent = text;
+    return [term, value];
+  });
+  element('detail-fields').replaceChildren(...fields);
+  const rows = timelineRows(record).map((entry) => {
+    const row = make('li', 'step-row');
+    row.dataset.kind = entry.kind;
+    make('time', 'at', row).textContent = typeof entry.at === 'number'
+      ? formatClock(entry.at * 1000) : '—';
+    make('span', 'kind', row).textContent = entry.kind;
+    make('span', 'offset', row).textContent = entry.offset === null ? ''
+      : `+${formatRuntime(entry.offset)}`;
+    return row;
+  });
+  element('detail-timeline').replaceChildren(...rows);
+  setText(element('detail-dropped'), record.events_dropped
+    ? `(the first ${record.events_dropped} events are no longer kept)` : '');
+}
+
+function showViewState(node, state, text) {
+  node.dataset.state = state;
+  setText(node, text);
+}
+
+function openFromRow(event) {
+  if (event.type === 'keydown' && event.key !== 'Enter') return;
+  const row = event.target.closest('li[data-task-id]');
+  if (row) openDetail(row.dataset.taskId);
+}
+
+for (const id of ['running', 'waiting', 'notifications', 'failures']) {
+  element(id).addEventListener('click', openFromRow);
+  element(id).addEventListener('keydown', openFromRow);
+}
+element('detail-close').addEventListener('click', () => element('detail').close());
+element('detail').addEventListener('close', () => {
+  detailView.taskId = null;
+  detailView.generation += 1;
+});
+
+// -- recent failures ----------------------------------------------------------------
+
+const FAILURES_PAGE = 20;
+const FILTER_DELAY_MS = 300;
+// `generation` drops a page asked for before the filter changed.
+const failures = { name: '', next: null, listed: new Set(), generation: 0, typing: 0 };
+
+async function loadFailures({ more = false } = {}) {
+  if (!more) failures.generation += 1;
+  const { generation } = failures;
+  const button = element('failures-more');
+  button.disabled = true;
+  showViewState(element('failures-state'), 'loading', 'Loading…');
+  let page;
+  try {
+    page = await client.listTasks({
+      status: 'failed', name: failures.name, limit: FAILURES_PAGE,
+      cursor: more ? failures.next : null,
+    });
+  } catch (error) {
+    if (generation !== failures.generation) return;
+    showViewState(element('failures-state'), 'error',
+      `Failures could not be loaded: ${error.message}`);
+    button.disabled = false;
+    return;
+  }
+  if (generation !== failures.generation) return;
+  if (!more) {
+    element('failures').replaceChildren();
+    failures.listed.clear();
+  }
+  element('failures').append(...page.tasks.filter(unlisted).map(failureRow));
+  failures.next = page.next;
+  button.hidden = !page.next;
+  button.disabled = false;
+  showViewState(element('failures-state'), 'loaded', '');
+}
+
+// A task that failed while the page is open goes on top, if the filter lets it.
+async function addFailure(taskId) {
+  const { generation } = failures;
+  let record;
+  try {
+    record = await client.getTask(taskId);
+  } catch {
+    return;
+  }
+  if (generation !== failures.generation || !record || record.status !== 'failed'
+      || (failures.name && record.name !== failures.name) || !unlisted(record)) return;
+  element('failures').prepend(failureRow(record));
+}
+
+function unlisted(record) {
+  return !failures.listed.has(record.task_id);
+}
+
+function failureRow(record) {
+  failures.listed.add(record.task_id);
+  const root = make('li', 'failure');
+  root.dataset.taskId = record.task_id;
+  root.tabIndex = 0;
+  make('time', 'at', root).textContent = typeof record.finished_at === 'number'
+    ? formatDateTime(record.finished_at) : '';
+  const name = make('span', 'name', root);
+  make('span', 'avid', name).textContent = String(record.avid ?? '');
+  make('span', 'task-name', name).textContent = record.name ?? '';
+  make('span', 'message', root).textContent = record.message ?? '';
+  return root;
+}
+
+const nameFilter = element('failures-name');
+
+function filterFailures() {
+  clearTimeout(failures.typing);
+  const name = nameFilter.value.trim();
+  if (name === failures.name) return;
+  failures.name = name;
+  loadFailures();
+}
+
+nameFilter.addEventListener('input', () => {
+  clearTimeout(failures.typing);
+  failures.typing = setTimeout(filterFailures, FILTER_DELAY_MS);
+});
+nameFilter.addEventListener('keydown', (event) => {
+  if (event.key === 'Enter') filterFailures();
+});
+element('failures-more').addEventListener('click', () => loadFailures({ more: true }));
+
+// -- per-minute chart -------------------------------------------------------------
+
+const CHART_WIDTH = 600;
+const CHART_HEIGHT = 120;
+const CHART_MINUTES = 60;
+// Finished tasks ask for new counts at most this often; the window slides every minute.
+const CHART_DELAY_MS = 1000;
+const CHART_INTERVAL_MS = 60000;
+const SVG = 'http://www.w3.org/2000/svg';
+let chartTimer = 0;
+
+function svgElement(tag, attributes, parent) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+  if (parent) parent.append(node);
+  return node;
+}
+
+async function loadChart() {
+  clearTimeout(chartTimer);
+  chartTimer = 0;
+  try {
+    drawChart(await client.getMinuteCounts(CHART_MINUTES));
+  } catch (error) {
+    setText(element('chart-summary'), `The counts could not be loaded: ${error.message}`);
+  }
+}
+
+function scheduleChart() {
+  if (!chartTimer) chartTimer = setTimeout(loadChart, CHART_DELAY_MS);
+}
+
+function drawChart(minutes) {
+  const chart = minuteChart(minutes, CHART_WIDTH, CHART_HEIGHT);
+  const svg = element('minute-chart');
+  svg.replaceChildren(...chart.bars.map((bar) => {
+    const group = svgElement('g', {
+      class: 'minute', 'data-minute': bar.minute, 'data-completed': bar.completed,
+      'data-failed': bar.failed,
+    });
+    svgElement('title', {}, group).textContent = `${formatClock(bar.minute * 1000)}: `
+      + `${bar.completed} completed, ${bar.failed} failed`;
+    svgElement('rect', { class: 'completed', x: bar.x, y: bar.completedY, width: bar.width,
+      height: bar.completedHeight }, group);
+    svgElement('rect', { class: 'failed', x: bar.x, y: bar.failedY, width: bar.width,
+      height: bar.failedHeight }, group);
+    return group;
+  }));
+  svg.dataset.peak = String(chart.peak);
+  setText(element('chart-summary'), `${chart.completed} completed, ${chart.failed} failed `
+    + `in the last hour; busiest minute: ${chart.peak}`);
+}
+
 // -- wiring -------------------------------------------------------------------
 
 const dirty = new Set();
@@ -326,7 +587,11 @@ function draw() {
 
 client.on('state', (detail) => {
   drawConnection(detail);
-  if (detail.state === 'open') client.getQueueStatus().catch(() => {});
+  if (detail.state === 'open') {
+    client.getQueueStatus().catch(() => {});
+    loadFailures();
+    loadChart();
+  }
   if (detail.state === 'reconnecting' && detail.code === TOKEN_REFUSED) {
     drawTokenRefused(detail.reason);
     client.close();
@@ -339,10 +604,16 @@ client.on('resync', (data) => {
 });
 for (const type of ['task_received', 'task_started', 'task_progress', 'task_completed',
   'task_failed', 'task_retrying', 'task_revoked', 'task_rejected']) {
-  client.on(type, (data) => invalidate(board.applyTaskEvent(type, data)));
+  client.on(type, (data) => {
+    invalidate(board.applyTaskEvent(type, data));
+    if (data.task_id === detailView.taskId) loadDetail();
+    if (type === 'task_failed') addFailure(data.task_id);
+    if (type === 'task_completed' || type === 'task_failed') scheduleChart();
+  });
 }
 for (const type of ['worker_online', 'worker_offline']) {
   client.on(type, (data) => invalidate(board.applyWorkerEvent(type, data)));
 }
 setInterval(() => invalidate(['clock']), 1000);
+setInterval(loadChart, CHART_INTERVAL_MS);
 client.connect();

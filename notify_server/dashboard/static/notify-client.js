@@ -7,6 +7,8 @@
  *     client.on('state', ({ state }) => console.log(state));
  *     client.connect();
  *     const status = await client.getQueueStatus();
+ *     const [record] = await client.subscribe({ task_ids: [taskId] });  // its record, if any
+ *     const failed = await client.listTasks({ status: 'failed', limit: 20 });
  *     client.close();
  *
  * Promises:
@@ -51,6 +53,22 @@
  *   emitted and the connect is retried with backoff, for as long as the
  *   client is not closed.
  * - The token is not checked here: `exp` is only read to time the refresh.
+ *
+ * Task records (servers that keep them; docs/protocol.md 2.2 and 5):
+ *
+ * - `subscribe(filter)` returns a Promise of the records the server sends
+ *   for the named `task_ids` (a `task` message each, before any later event
+ *   of those tasks): the client sends a `ping` after the `subscribe` and
+ *   resolves on its `pong`, so the list is complete. A task without a record
+ *   is not in it; a filter of `avids` only resolves with [] once sent, as no
+ *   record comes for a subject; a server without records resolves with [].
+ *   Every `task` message also goes to the `on('task', fn)` callbacks.
+ * - `getTask(id)`, `listTasks(filters)` and `getMinuteCounts(minutes)` ask
+ *   the REST API of the same server: the socket URL with `ws` for `http`
+ *   and `ws/tasks/` for `api/tasks/`. In token mode they send the token in
+ *   use (or a new one from `getToken()`) as `Authorization: Bearer`. They
+ *   reject with an Error whose `status` is the HTTP status (0: no answer)
+ *   and whose message is the envelope's.
  */
 
 const SOCKET_PATH = '../ws/tasks/';
@@ -81,6 +99,20 @@ export function tokenExpiry(token) {
   }
 }
 
+/**
+ * The REST URL of the task records (ending in `api/tasks/`) of the server a
+ * socket URL belongs to: `wss://host/prefix/ws/tasks/` gives
+ * `https://host/prefix/api/tasks/`.
+ */
+export function restUrl(socket) {
+  const url = new URL(socket);
+  url.protocol = url.protocol === 'wss:' || url.protocol === 'https:' ? 'https:' : 'http:';
+  url.pathname = `${url.pathname.replace(/ws\/tasks\/?$/, '').replace(/[^/]*$/, '')}api/tasks/`;
+  url.search = '';
+  url.hash = '';
+  return url.href;
+}
+
 // setTimeout fires at once for anything longer (about 24.8 days).
 const LONGEST_TIMER = 2 ** 31 - 1;
 
@@ -88,6 +120,12 @@ const LONGEST_TIMER = 2 ** 31 - 1;
 export function refreshDelay(exp, now = Date.now()) {
   const remaining = exp * 1000 - now;
   return Math.min(LONGEST_TIMER, Math.max(0, remaining - 30000, 0.8 * remaining));
+}
+
+function restError(status, message) {
+  const error = new Error(message);
+  error.status = status;
+  return error;
 }
 
 export class NotifyClient {
@@ -117,6 +155,12 @@ export class NotifyClient {
     this._statusWaiters = [];
     this._statusRequested = false;
     this._subscription = null;
+    // subscribe() promises: {ids, records, after, until, resolve, reject}.
+    this._recordWaiters = [];
+    // Pings sent and pongs received on this socket: the pong of the ping sent
+    // after a subscribe ends its records (replies keep the actions' order).
+    this._pings = 0;
+    this._pongs = 0;
     this._getToken = options.getToken ?? null;
     this._dialing = null;
     this._token = null;
@@ -144,7 +188,8 @@ export class NotifyClient {
    * worker took the task: `worker`), `task_started`, `task_progress`,
    * `task_completed`, `task_failed`, `task_retrying`, `task_revoked`,
    * `task_rejected` (`message`); worker events `worker_online` (`worker`,
-   * `time` in epoch seconds) and `worker_offline` (also `reason`); and
+   * `time` in epoch seconds) and `worker_offline` (also `reason`); `task`
+   * (a task's record: the reply to `subscribe` and `get_task`); and
    * `queue_status`, `resync`, `error`, `pong`, `refreshed`. Events carry an
    * `id`, the resume point. A type this list lacks is delivered all the same,
    * so a newer server's messages need no newer client.
@@ -167,6 +212,7 @@ export class NotifyClient {
   send(action) {
     if (this._state !== 'open') return false;
     this._socket.send(JSON.stringify(action));
+    if (action?.action === 'ping') this._pings += 1;
     return true;
   }
 
@@ -185,13 +231,53 @@ export class NotifyClient {
   /**
    * From now on receive task events of these tasks or subjects only
    * (`{task_ids: [...]}` and/or `{avids: [...]}`); kept across reconnects.
+   * Returns a Promise of the records the server sends for the named
+   * `task_ids`, in the order it sends them (not necessarily that of
+   * `task_ids`): sent now, or as soon as the socket opens; when the socket is
+   * lost first, those of the next one. Rejected by `close()`; a caller that
+   * ignores the Promise is not told.
    */
   subscribe(filter) {
     this._subscription = { action: 'subscribe', ...filter };
-    this.send(this._subscription);
+    const ids = new Set(Array.isArray(filter?.task_ids) ? filter.task_ids : []);
+    const records = new Promise((resolve, reject) => {
+      this._recordWaiters.push({ ids, records: [], after: null, until: null, resolve, reject });
+    });
+    records.catch(() => {});
+    if (this._state === 'open') this._sendSubscription([this._recordWaiters.at(-1)]);
+    return records;
   }
 
-  /** Close for good: no reconnect; pending `getQueueStatus()` promises reject. */
+  /** A Promise of the task's record (`GET /api/tasks/<id>`), or null when it has none. */
+  async getTask(taskId) {
+    try {
+      return await this._rest(encodeURIComponent(String(taskId)));
+    } catch (error) {
+      if (error.status === 404) return null;
+      throw error;
+    }
+  }
+
+  /**
+   * A Promise of one page of records, newest first: `{tasks, next}`
+   * (`GET /api/tasks`). `filters` are its parameters (`status`, `name`,
+   * `worker`, `q`, `since`, `until`, `limit`, `cursor`: pass `next` for
+   * the following page); null, undefined and '' are left out.
+   */
+  listTasks(filters = {}) {
+    return this._rest('', filters);
+  }
+
+  /**
+   * A Promise of the tasks completed and failed in each of the last
+   * `minutes` minutes, oldest first: `[{minute (epoch s), completed, failed}]`
+   * (`GET /api/tasks/stats/minutes`).
+   */
+  async getMinuteCounts(minutes = 60) {
+    return (await this._rest('stats/minutes', { minutes })).minutes;
+  }
+
+  /** Close for good: no reconnect; pending `getQueueStatus()` and `subscribe()` promises reject. */
   close() {
     clearTimeout(this._retryTimer);
     clearTimeout(this._silenceTimer);
@@ -200,7 +286,7 @@ export class NotifyClient {
     const socket = this._socket;
     this._socket = null;
     if (socket) socket.close(1000, 'client closed');
-    for (const waiter of this._statusWaiters.splice(0)) {
+    for (const waiter of [...this._statusWaiters.splice(0), ...this._recordWaiters.splice(0)]) {
       waiter.reject(new Error('NotifyClient closed'));
     }
     this._setState('closed', {});
@@ -234,6 +320,8 @@ export class NotifyClient {
     const socket = new WebSocket(url.href);
     this._socket = socket;
     this._statusRequested = false;
+    this._pings = 0;
+    this._pongs = 0;
     socket.onopen = () => this._opened(socket);
     socket.onmessage = (event) => {
       if (socket === this._socket) this._receive(event.data);
@@ -246,7 +334,7 @@ export class NotifyClient {
   _opened(socket) {
     if (socket !== this._socket) return;
     this._setState('open', {});
-    if (this._subscription) this.send(this._subscription);
+    if (this._subscription) this._sendSubscription(this._recordWaiters);
     if (this._statusWaiters.length) this._requestStatus();
     this._expectTraffic();
     if (this._token !== null) this._scheduleRefresh(tokenExpiry(this._token));
@@ -266,6 +354,11 @@ export class NotifyClient {
     if (message.type === 'queue_status') {
       this._statusRequested = false;
       for (const waiter of this._statusWaiters.splice(0)) waiter.resolve(message.data);
+    } else if (message.type === 'task') {
+      this._collectRecord(message.data);
+    } else if (message.type === 'pong') {
+      this._pongs += 1;
+      this._settleRecords();
     } else if (message.type === 'refreshed') {
       this._tokenRefreshed(message.data);
     } else if (message.type === 'error') {
@@ -352,6 +445,70 @@ export class NotifyClient {
     if (this._offeredToken === null || data?.code !== 'invalid_token') return;
     this._offeredToken = null;
     this._retryRefresh();
+  }
+
+  // -- task records ---------------------------------------------------------------
+
+  // Send the subscription; `waiters` collect the records that come before
+  // the pong of a ping sent right after it. Waiters that name no task id
+  // are done once it is sent (the server sends records for task ids only),
+  // and no ping is sent when no waiter needs one.
+  _sendSubscription(waiters) {
+    const after = this._pings;
+    if (!this.send(this._subscription)) return;
+    for (const waiter of waiters.filter((pending) => !pending.ids.size)) {
+      this._recordWaiters.splice(this._recordWaiters.indexOf(waiter), 1);
+      waiter.resolve([]);
+    }
+    const waiting = waiters.filter((pending) => this._recordWaiters.includes(pending));
+    if (!waiting.length || !this.send({ action: 'ping' })) return;
+    for (const waiter of waiting) {
+      waiter.records = [];
+      waiter.after = after;
+      waiter.until = this._pings;
+    }
+  }
+
+  _collectRecord(record) {
+    for (const waiter of this._recordWaiters) {
+      if (waiter.until !== null && this._pongs >= waiter.after && this._pongs < waiter.until
+          && waiter.ids.has(record?.task_id)) {
+        waiter.records.push(record);
+      }
+    }
+  }
+
+  _settleRecords() {
+    for (const waiter of [...this._recordWaiters]) {
+      if (waiter.until === null || this._pongs < waiter.until) continue;
+      this._recordWaiters.splice(this._recordWaiters.indexOf(waiter), 1);
+      waiter.resolve(waiter.records);
+    }
+  }
+
+  // GET `path` under the REST URL with `params`: the envelope's data, or an
+  // Error with the HTTP `status` (0 when the request failed) and its message.
+  async _rest(path, params = {}) {
+    const url = new URL(path, restUrl(this.url));
+    for (const [name, value] of Object.entries(params)) {
+      if (value !== undefined && value !== null && value !== '') {
+        url.searchParams.set(name, String(value));
+      }
+    }
+    const headers = {};
+    if (this._getToken) headers.Authorization = `Bearer ${this._token ?? await this._fetchToken()}`;
+    let response;
+    try {
+      response = await fetch(url.href, { headers });
+    } catch (error) {
+      throw restError(0, `${url.pathname}: no answer (${error.message})`);
+    }
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      const reason = body?.message ?? response.statusText;
+      throw restError(response.status, `${response.status} ${reason}`);
+    }
+    return body?.data;
   }
 
   _requestStatus() {
