@@ -489,3 +489,31 @@ def test_rest_url_follows_the_socket_urls_scheme_and_path_prefix(same_origin_pag
     }""")
     assert urls == ["https://example.com/tasks-monitor/api/tasks/",
                     "http://example.com:8080/api/tasks/", "http://example.com/sockets/api/tasks/"]
+
+
+def test_after_resync_a_reconnect_starts_fresh_instead_of_earning_a_second_resync(
+        same_origin_page, server_port):
+    """The id a `resync` answered is gone from the history: resuming from it
+    again (a reconnect before the next event) could only earn another one."""
+    page = same_origin_page
+    urls = []
+    resync = {"type": "resync", "data": {"reason": "event 1700000000000-3 is not in the history"}}
+    marker = {"id": "1700000000000-9", "type": "task_started",
+              "data": {"task_id": "t9", "avid": "A-9", "status": "started"}}
+
+    def scripted_server(socket):
+        connection = len(urls) + 1
+        urls.append(socket.url)
+        if connection == 1:
+            socket.send(json.dumps(resync))
+            socket.close(code=1001, reason="server shutting down")
+        else:
+            socket.send(json.dumps(marker))
+
+    page.route_web_socket(MOCK_SOCKET, scripted_server)
+    start_client(page, f"ws://127.0.0.1:{server_port}/mock/ws/tasks/",
+                 lastEventId="1700000000000-3", minDelay=50, maxDelay=200)
+    page.wait_for_function("() => window.events.length === 1")
+    assert urls == [f"ws://127.0.0.1:{server_port}/mock/ws/tasks/?last_event_id=1700000000000-3",
+                    f"ws://127.0.0.1:{server_port}/mock/ws/tasks/"]
+    assert page.evaluate("() => client.lastEventId") == "1700000000000-9"

@@ -359,6 +359,10 @@ export class NotifyClient {
     } else if (message.type === 'pong') {
       this._pongs += 1;
       this._settleRecords();
+    } else if (message.type === 'resync') {
+      // The id it answered is gone from the history: resuming from it again
+      // (a reconnect before the next event) could only earn another resync.
+      this._lastEventId = null;
     } else if (message.type === 'refreshed') {
       this._tokenRefreshed(message.data);
     } else if (message.type === 'error') {
