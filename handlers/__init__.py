@@ -9,6 +9,7 @@ from .dashboard import STATIC_DIR, DashboardHandler, StaticHandler
 from .envelope import ApiNotFoundHandler
 from .health import LivenessHandler, ReadinessHandler
 from .metrics import MetricsHandler
+from .openapi import OpenApiHandler
 from .rest import QueueStatusHandler
 from .tasks import TaskHandler, TaskListHandler, TaskMinutesHandler
 from .websocket import TaskSocketHandler
@@ -49,6 +50,7 @@ def make_application(server, *, allowed_origins, max_message_size: int,
             (r"/api/tasks/stats/minutes/?", TaskMinutesHandler, args),
             (r"/api/tasks/?", TaskListHandler, args),
             (r"/api/tasks/([^/]+)/?", TaskHandler, args),
+            (r"/api/openapi.json", OpenApiHandler),
             (r"/api/.*", ApiNotFoundHandler),
             (r"/healthz", LivenessHandler),
             (r"/readyz", ReadinessHandler, {**args, "metrics_token": metrics_token}),
