@@ -61,7 +61,7 @@ local function record(p, id)
     local conf = redis.call('HMGET', p .. 'tasks:config', 'retention', 'failed_retention',
                             'max', 'timeline')
     local cur = redis.call('HMGET', key, 'sort', 'status', 'rank', 'attempt', 'owner',
-                           'tl_n', 'tl', 'received_at', 'started_at')
+                           'tl_n', 'tl_dropped', 'received_at', 'started_at')
     local ms, seq = string.match(id, '^(%%d+)-(%%d+)$')
     local at = tonumber(f.time) or tonumber(ms) / 1000
     local stamp = string.format('%%.6f', at)
@@ -136,17 +136,27 @@ local function record(p, id)
             end
         end
     end
-    local tl, n = (cur[7] or '') .. f.type .. ' ' .. stamp .. ' ' .. id .. '\\n', (tonumber(cur[6]) or 0) + 1
+    -- The timeline is a string of its own (APPEND, no read back): the hash
+    -- keeps short values only, which Redis stores compactly (a listpack).
+    local tlkey = p .. 'task-events:' .. f.task_id
+    redis.call('APPEND', tlkey, f.type .. ' ' .. stamp .. ' ' .. id .. '\\n')
+    local n = (tonumber(cur[6]) or 0) + 1
     if n > (tonumber(conf[4]) or %(timeline)d) then
-        tl = string.sub(tl, string.find(tl, '\\n', 1, true) + 1)
+        local tl = redis.call('GET', tlkey)
+        redis.call('SET', tlkey, string.sub(tl, string.find(tl, '\\n', 1, true) + 1), 'KEEPTTL')
         n = n - 1
-        redis.call('HINCRBY', key, 'tl_dropped', 1)
+        put('tl_dropped', (tonumber(cur[7]) or 0) + 1)
     end
-    put('tl', tl); put('tl_n', n)
+    put('tl_n', n)
     redis.call('HSET', key, unpack(set))
     if created or (apply and rank == 5) then
-        local ttl = new_status == 'failed' and keep or (tonumber(conf[1]) or %(retention)d)
-        redis.call('EXPIRE', key, math.ceil(ttl) + %(margin)d)
+        local ttl = math.ceil(new_status == 'failed' and keep or (tonumber(conf[1]) or %(retention)d))
+        redis.call('EXPIRE', key, ttl + %(margin)d)
+        redis.call('EXPIRE', tlkey, ttl + %(margin)d)
+    end
+    if apply and rank == 5 then
+        -- APPEND leaves room to grow; a finished task's timeline is copied to its size.
+        redis.call('SET', tlkey, redis.call('GET', tlkey), 'KEEPTTL')
     end
     if created then
         local max = tonumber(conf[3]) or %(max_records)d
@@ -164,7 +174,7 @@ local function record(p, id)
             if not victim or victim == sort then break end
             local vkey = p .. 'task:' .. string.sub(victim, 22)
             local v = redis.call('HMGET', vkey, 'status', 'owner')
-            redis.call('DEL', vkey)
+            redis.call('DEL', vkey, p .. 'task-events:' .. string.sub(victim, 22))
             redis.call('ZREM', p .. 'tasks:all', victim)
             if v[1] then
                 redis.call('ZREM', p .. 'tasks:status:' .. v[1], victim)

@@ -80,6 +80,10 @@ class Keys:
         """One task's record (a hash)."""
         return f"{self.prefix}:task:{task_id}"
 
+    def record_events(self, task_id: str) -> str:
+        """One task's timeline, a line per event (a string beside its record)."""
+        return f"{self.prefix}:task-events:{task_id}"
+
     @property
     def records_config(self) -> str:
         """The retention and bounds the server hands the emit script (a hash)."""

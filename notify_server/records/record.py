@@ -29,9 +29,10 @@ def owner_of(fields: Mapping[str, str]) -> Optional[str]:
     return fields.get("owner")
 
 
-def render(fields: Mapping[str, str]) -> Optional[dict]:
-    """The record of a hash's `text_fields`; None for a hash that is not a
-    record (empty, or without its sort key)."""
+def render(fields: Mapping[str, str], events: str = "") -> Optional[dict]:
+    """The record of a hash's `text_fields` and its timeline's text (the
+    string beside the hash); None for a hash that is not a record (empty,
+    or without its sort key)."""
     sort = fields.get("sort")
     if not sort or len(sort) <= SORT_PREFIX_LENGTH:
         return None
@@ -48,7 +49,7 @@ def render(fields: Mapping[str, str]) -> Optional[dict]:
         "message": fields.get("message"),
         "progress": _json(fields.get("progress")),
         "retries": int(_number(fields.get("attempt")) or 0),
-        "events": timeline(fields.get("tl", "")),
+        "events": timeline(events),
         "events_dropped": int(_number(fields.get("tl_dropped")) or 0),
         "last_id": fields.get("last_id"),
     }

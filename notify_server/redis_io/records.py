@@ -24,9 +24,9 @@ from notify_server.records.query import SCAN_BUDGET, TaskQuery, encode_cursor
 from notify_server.records.record import owner_of, render, text_fields
 
 # KEYS: the indexes to merge (one, or one per owner of a scope). ARGV: the
-# upper and lower BYLEX bounds, the page size, the scan budget, the record
-# key's start, then the filters name, worker and q ("" for none). Returns
-# {next sort key or "", sort key, hash fields..., sort key, hash fields...}.
+# upper and lower BYLEX bounds, the page size, the scan budget, the key
+# root ("PREFIX:"), then the filters name, worker and q ("" for none).
+# Returns {next sort key or "", then per record: sort key, hash fields, timeline}.
 # Index entries whose record is gone are removed as they are met.
 LIST_SCRIPT = """
 local upper, lower = ARGV[1], ARGV[2]
@@ -49,7 +49,7 @@ for i = 1, math.min(#seen, budget) do
     local member, index = seen[i][1], seen[i][2]
     last = member
     local task_id = string.sub(member, 22)
-    local h = redis.call('HGETALL', root .. task_id)
+    local h = redis.call('HGETALL', root .. 'task:' .. task_id)
     if #h == 0 then
         redis.call('ZREM', index, member)
     else
@@ -64,6 +64,7 @@ for i = 1, math.min(#seen, budget) do
             found = found + 1
             out[#out + 1] = member
             out[#out + 1] = h
+            out[#out + 1] = redis.call('GET', root .. 'task-events:' .. task_id) or ''
             if found == limit then
                 out[1] = (i < #seen or full) and member or ''
                 return out
@@ -85,7 +86,7 @@ local removed = 0
 local function drop(member)
     local key = p .. 'task:' .. string.sub(member, 22)
     local v = redis.call('HMGET', key, 'status', 'owner')
-    redis.call('DEL', key)
+    redis.call('DEL', key, p .. 'task-events:' .. string.sub(member, 22))
     redis.call('ZREM', p .. 'tasks:all', member)
     for _, s in ipairs({%(statuses)s}) do redis.call('ZREM', p .. 'tasks:status:' .. s, member) end
     if v[2] then
@@ -140,7 +141,7 @@ class TaskRecords:
 
     async def get(self, task_id: str) -> Optional[Tuple[Optional[str], dict]]:
         """(owner, record) of one task, or None when there is none."""
-        return _one(await self._redis.hgetall(self._keys.record(task_id)))
+        return (await self.get_many([task_id])).get(task_id)
 
     async def find(self, task_id: str, scope: Scope) -> Optional[dict]:
         """The record of one task if `scope` sees it, else None: a task of
@@ -184,10 +185,11 @@ class TaskRecords:
         async with self._redis.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.hgetall(self._keys.record(task_id))
+                pipe.get(self._keys.record_events(task_id))
             replies = await pipe.execute()
         found = {}
-        for task_id, raw in zip(task_ids, replies):
-            one = _one(raw)
+        for task_id, raw, timeline in zip(task_ids, replies[0::2], replies[1::2]):
+            one = _one(raw, timeline)
             if one is not None:
                 found[task_id] = one
         return found
@@ -207,14 +209,14 @@ class TaskRecords:
             indexes = [keys.owner_records(owner) if query.status is None
                        else keys.status_records(query.status, owner) for owner in sorted(owners)]
         reply = await self._list(keys=indexes, args=[
-            query.upper, query.lower, query.limit, SCAN_BUDGET, keys.record(""),
+            query.upper, query.lower, query.limit, SCAN_BUDGET, keys.root,
             query.name or "", query.worker or "", query.q or ""])
         following = _text(reply[0])
         records = []
-        for index in range(1, len(reply), 2):
-            raw = reply[index + 1]
+        for index in range(1, len(reply), 3):
+            raw, timeline = reply[index + 1], reply[index + 2]
             fields = text_fields(dict(zip(raw[::2], raw[1::2])))
-            record = render(fields)
+            record = render(fields, _text(timeline))
             if record is not None:
                 records.append((owner_of(fields), record))
         return records, (encode_cursor(following) if following else None)
@@ -252,11 +254,11 @@ class TaskRecords:
                 return removed
 
 
-def _one(raw) -> Optional[Tuple[Optional[str], dict]]:
+def _one(raw, timeline) -> Optional[Tuple[Optional[str], dict]]:
     if not raw:
         return None
     fields = text_fields(raw)
-    record = render(fields)
+    record = render(fields, _text(timeline))
     return None if record is None else (owner_of(fields), record)
 
 

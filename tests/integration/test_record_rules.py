@@ -172,7 +172,8 @@ def test_the_script_writes_exactly_the_keys_the_server_reads(redis_server, prefi
     keys = Keys(prefix)
     client = redis.Redis.from_url(redis_server.url)
     written = {key.decode() for key in client.scan_iter(match=f"{prefix}:*")}
-    assert written == {keys.history_stream, keys.record("t"), keys.all_records,
+    assert written == {keys.history_stream, keys.record("t"), keys.record_events("t"),
+                       keys.all_records,
                        keys.status_records("failed"), keys.owner_records("alice"),
                        keys.status_records("failed", "alice"), keys.minute_counts(10)}
     assert client.hgetall(keys.minute_counts(10)) == {b"failed": b"1", b"failed:alice": b"1"}

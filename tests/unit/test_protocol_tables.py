@@ -35,7 +35,7 @@ def test_every_close_the_server_sends_is_a_row_of_the_close_code_table():
 
 def test_every_task_record_key_is_documented_as_protocol_md_names_it():
     keys = Keys("PREFIX")
-    names = [keys.record("<task_id>"), keys.all_records, keys.status_records("<status>"),
+    names = [keys.record("<task_id>"), keys.record_events("<task_id>"), keys.all_records, keys.status_records("<status>"),
              keys.owner_records("<owner>"), keys.status_records("<status>", "<owner>"),
              keys.minute_counts("<unix minute>"), keys.records_config]
     assert [name for name in names if f"`{name}`" not in PROTOCOL] == []

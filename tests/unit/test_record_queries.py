@@ -43,8 +43,8 @@ def test_a_good_query_and_its_bounds():
 def test_a_record_is_rendered_without_its_owner():
     record = render({"sort": "1796000000123-000004 t 1", "owner": "alice", "avid": '"S-1"',
                      "status": "failed", "attempt": "2", "started_at": "1.5",
-                     "tl": "task_started 1.500000 1-0\ntask_failed 2.000000 1-1\n",
-                     "last_id": "1-1", "progress": "not json"})
+                     "last_id": "1-1", "progress": "not json"},
+                    "task_started 1.500000 1-0\ntask_failed 2.000000 1-1\n")
     assert record["task_id"] == "t 1" and "owner" not in record and record["avid"] == "S-1"
     assert (record["retries"], record["started_at"], record["progress"]) == (2, 1.5, None)
     assert record["events"] == [{"type": "task_started", "time": 1.5, "id": "1-0"},
