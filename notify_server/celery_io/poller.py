@@ -8,7 +8,6 @@ Its plain-dict findings are judged (`poll_outcome.judge`), normalised
 """
 
 import asyncio
-import concurrent.futures
 import logging
 import time
 from concurrent.futures.process import BrokenProcessPool

@@ -6,15 +6,15 @@ import json
 import re
 import uuid
 
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from jsonschema import Draft202012Validator
 
 from handlers import make_application
 from notify_server.protocol import task_events as ev
-from notify_server.records.record import FIELDS
 from notify_server.protocol.emit_script import STATUSES
+from notify_server.records.record import FIELDS
 from notify_server.worker.emitter import Emitter
 from tests.support.http_probe import get
 
