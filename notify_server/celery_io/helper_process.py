@@ -63,14 +63,15 @@ class _HelperPool(concurrent.futures.ProcessPoolExecutor):
             return super().submit(*args, **kwargs)
 
     def stop(self) -> None:
-        """Shut down without waiting, and SIGTERM the helper: a call in
-        flight (an inspect poll waits up to its timeout) is abandoned, so
-        neither the server's exit nor Python's at-exit join waits for it."""
-        processes = list((getattr(self, "_processes", None) or {}).values())
-        self.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
+        """SIGTERM the helper, then shut down: a call in flight (an inspect
+        poll waits up to its timeout) is abandoned, so neither the server's
+        exit nor Python's at-exit join waits for it. Blocks until the pool's
+        manager thread has seen the helper go (a few ms): left running, it
+        would race Python's at-exit wake-up of it (EBADF)."""
+        for process in list((getattr(self, "_processes", None) or {}).values()):
             if process.is_alive():
                 process.terminate()
+        self.shutdown(wait=True, cancel_futures=True)
 
 
 class _HelperProcess(SPAWN.Process):

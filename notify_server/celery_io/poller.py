@@ -115,7 +115,7 @@ class QueuePoller:
         for handle in (self._ticker, self._refresh, self._in_flight):
             if handle is not None:
                 handle.cancel()
-        self._executor.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.stop)
 
     def _new_executor(self):
         return helper_pool(inspect_helper.start, self._celery.broker_url, self._broker_master,

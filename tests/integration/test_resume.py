@@ -110,28 +110,33 @@ async def test_a_burst_of_resumes_past_the_redis_pool_size_replays_every_one(red
         server.stop()
 
 
-async def test_a_malformed_history_entry_is_skipped_by_a_resume_and_counted(server_port,
-                                                                              redis_server):
+async def test_a_malformed_history_entry_is_skipped_by_a_resume_and_counted(make_redis):
     from redis import Redis
 
     from notify_server.protocol.names import Keys
     from tests.support.http_probe import scrape
 
-    emitter = Emitter(redis_server.url)
-    watcher = await WsClient.connect(server_port)
-    emitter.emit(progress("BADH", 0))
-    first = await watcher.wait_for(lambda m: m["type"] == "task_progress"
-                                   and m["data"]["avid"] == "BADH")
-    Redis.from_url(redis_server.url).xadd(Keys().history_stream, {"event": b"not json"})
-    emitter.emit(progress("BADH", 1))
-    await watcher.wait_for(lambda m: m["type"] == "task_progress" and m["data"]["avid"] == "BADH"
-                           and m["data"]["current"] == 1)
-    invalid = ("notify_messages_dropped_total", (("reason", "invalid"),))
-    before = (await scrape(server_port)).get(invalid, 0.0)
+    # A Redis of its own: the malformed entry must not reach other tests' readers.
+    broker = make_redis()
+    server, port = start_server(broker.url, name="server-bad-history")
+    try:
+        emitter = Emitter(broker.url)
+        watcher = await WsClient.connect(port)
+        emitter.emit(progress("BADH", 0))
+        first = await watcher.wait_for(lambda m: m["type"] == "task_progress"
+                                       and m["data"]["avid"] == "BADH")
+        Redis.from_url(broker.url).xadd(Keys().history_stream, {"event": b"not json"})
+        emitter.emit(progress("BADH", 1))
+        await watcher.wait_for(lambda m: m["type"] == "task_progress"
+                               and m["data"]["avid"] == "BADH" and m["data"]["current"] == 1)
+        invalid = ("notify_messages_dropped_total", (("reason", "invalid"),))
+        before = (await scrape(port)).get(invalid, 0.0)
 
-    again = await WsClient.connect(server_port, query=f"last_event_id={first['id']}")
-    await again.wait_for(lambda m: m["type"] == "queue_status")  # ends the replay
-    assert numbers(again, "BADH") == [1]
-    assert (await scrape(server_port)).get(invalid, 0.0) - before == 1
-    watcher.close()
-    again.close()
+        again = await WsClient.connect(port, query=f"last_event_id={first['id']}")
+        await again.wait_for(lambda m: m["type"] == "queue_status")  # ends the replay
+        assert numbers(again, "BADH") == [1]
+        assert (await scrape(port)).get(invalid, 0.0) - before == 1
+        watcher.close()
+        again.close()
+    finally:
+        server.stop()

@@ -69,12 +69,13 @@ async def test_a_cross_origin_get_is_answered_with_cors_headers(server_port):
     assert "Origin" in headers["Vary"]
 
 
-def test_readyz_answering_503_before_the_first_poll_is_logged_as_a_warning(redis_server):
+def test_readyz_answering_503_before_the_first_poll_is_logged_as_a_warning(make_redis):
     from tests.support.http_probe import get
     from tests.support.processes import start_server
 
-    # A broker nothing listens on: the server starts, and /readyz stays 503.
-    child, port = start_server(redis_server.url,
+    # A broker nothing listens on, and a Redis of its own (no other process's
+    # snapshot to adopt): the server starts, and /readyz stays 503.
+    child, port = start_server(make_redis().url,
                                env={"CELERY_BROKER_URL": "redis://127.0.0.1:9/0"})
     try:
         assert get(port, "/readyz").status == 503
@@ -113,7 +114,7 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_code_130():
     assert text.rstrip().splitlines()[-1] == "notify-server: interrupted during start-up"
 
 
-async def test_readyz_in_token_mode_names_only_the_kind_of_a_stale_reason(redis_server):
+async def test_readyz_in_token_mode_names_only_the_kind_of_a_stale_reason(make_redis):
     import json as json_module
 
     from tests.support.http_probe import get
@@ -121,7 +122,8 @@ async def test_readyz_in_token_mode_names_only_the_kind_of_a_stale_reason(redis_
     from tests.support.tokens import SECRET
     from tests.support.waiting import eventually
 
-    child, port = start_server(redis_server.url, env={
+    # A Redis of its own: this server leads, and its polls fail.
+    child, port = start_server(make_redis().url, env={
         "CELERY_BROKER_URL": "redis://127.0.0.1:9/0", "NOTIFY_AUTH_SECRET": SECRET,
         "NOTIFY_METRICS_TOKEN": "operator-token"})
 
