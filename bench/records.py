@@ -196,6 +196,11 @@ async def bench_reads(url: str, written: List[dict], seconds: float) -> dict:
         stop.set()
         publisher.join(timeout=10)
         server.stop()
+    try:
+        while await watcher.next(timeout=5.0) is not None:  # what the socket was sent
+            pass
+    except asyncio.TimeoutError:
+        pass
     received = sum(1 for m in watcher.received if m["type"].startswith("task_"))
     watcher.close()
     return {kind: {"requests": len(values), "p50_ms": statistics.median(values),
