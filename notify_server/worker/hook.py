@@ -33,7 +33,8 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[st
             owner: Optional[OwnerFunction] = None, history_maxlen: Optional[int] = None,
             sentinels: Optional[Sequence[Tuple[str, int]]] = None,
             master: Optional[str] = None, wait_replicas: Optional[int] = None,
-            wait_timeout: Optional[float] = None) -> "Notifier":
+            wait_timeout: Optional[float] = None, buffer_size: Optional[int] = None,
+            ) -> "Notifier":
     """Emit task events for every task of `app`; returns the `Notifier`.
 
     Redis is `redis_url`, else $NOTIFY_REDIS_URL, else $REDIS_URL, else the
@@ -47,7 +48,9 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[st
     owner_arg must match the server's settings of the same names. With
     `wait_replicas` N (else $NOTIFY_EMIT_WAIT_REPLICAS, 0) each event is
     acknowledged only once N replicas have it, or `wait_timeout` seconds
-    (else $NOTIFY_EMIT_WAIT_TIMEOUT, 0.1) passed: see `Emitter`.
+    (else $NOTIFY_EMIT_WAIT_TIMEOUT, 0.1) passed: see `Emitter`. Each process
+    queues at most `buffer_size` (else $NOTIFY_EMIT_BUFFER, 1000) events while
+    Redis is unreachable; beyond that the oldest are dropped, counted and logged.
 
     A task's owner is its keyword argument `owner_arg`, or, when `owner` is
     given, what `owner(args, kwargs)` returns for the task's arguments (a
@@ -78,7 +81,9 @@ def install(app: Celery, redis_url: Optional[str] = None, *, prefix: Optional[st
                       wait_replicas=(wait_replicas if wait_replicas is not None else
                                      int(os.environ.get("NOTIFY_EMIT_WAIT_REPLICAS") or 0)),
                       wait_timeout=(wait_timeout if wait_timeout is not None else
-                                    float(os.environ.get("NOTIFY_EMIT_WAIT_TIMEOUT") or 0.1)))
+                                    float(os.environ.get("NOTIFY_EMIT_WAIT_TIMEOUT") or 0.1)),
+                      buffer_size=(buffer_size if buffer_size is not None else
+                                   int(os.environ.get("NOTIFY_EMIT_BUFFER") or 1000)))
     notifier = Notifier(app, emitter,
                         subject_arg or os.environ.get("NOTIFY_SUBJECT_ARG", DEFAULT_SUBJECT_ARG),
                         owner_arg=(owner_arg or os.environ.get("NOTIFY_OWNER_ARG")
@@ -93,8 +98,10 @@ class Notifier:
 
     `task_prerun`, `task_success`, `task_failure` and `task_retry` run in the
     pool child; `task_revoked` and the failure of a lost worker run in the
-    parent process. The emitter makes its Redis client per process, so both
-    work. No handler raises: emitting must never fail a task.
+    parent process. The emitter makes its Redis client and writer thread per
+    process, so both work; a child that exits writes what it holds first
+    (`worker_process_shutdown`). No handler raises and none waits for Redis:
+    emitting must never fail or slow a task.
 
     Every event of a task with an owner (see `install`) carries it as the
     top-level "owner" of the message, beside "type" and "data".
@@ -112,6 +119,7 @@ class Notifier:
         signals.task_failure.connect(self._on_failure, weak=False)
         signals.task_retry.connect(self._on_retry, weak=False)
         signals.task_revoked.connect(self._on_revoked, weak=False)
+        signals.worker_process_shutdown.connect(self._on_process_shutdown, weak=False)
 
     def progress(self, current: float, total: float, message: str = "") -> None:
         """Emit `task_progress` for the task currently running in this thread."""
@@ -173,6 +181,12 @@ class Notifier:
         if self._mine(sender) and request is not None:
             self._emit(events.task_retrying, request.id, request.args, request.kwargs,
                        events.safe_text(reason), **_lifecycle(sender, request))
+
+    def _on_process_shutdown(self, **_):
+        """A pool child is leaving (max-tasks-per-child, a warm shutdown, a
+        scale-down): write what its emitter holds, within its exit bound.
+        Billiard ends children with `os._exit`, so `atexit` would not run."""
+        self.emitter.flush_before_exit()
 
     def _on_revoked(self, sender=None, request=None, terminated=False, signum=None,
                     expired=False, **_):

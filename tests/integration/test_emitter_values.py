@@ -29,6 +29,7 @@ def test_values_json_cannot_encode_are_written_as_text_and_logged_once_per_type(
     emitter.emit(ev.task_progress("t", Opaque(), Opaque(), {1, 2}, "half"))
     emitter.emit(ev.task_completed("t", "S-1", Broken()))
     emitter.emit(ev.task_progress("t", "S-1", Opaque(), 10 ** 30, "again"))
+    assert emitter.flush()
     assert (emitter.written, emitter.dropped) == (3, 0)
     history = redis.Redis.from_url(redis_server.url).xrange(Keys(prefix).history_stream)
     data = [orjson.loads(fields[b"event"])["data"] for _, fields in history]

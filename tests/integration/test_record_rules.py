@@ -18,7 +18,7 @@ from notify_server.protocol import task_events as ev
 from notify_server.protocol.names import Keys
 from notify_server.records.query import TaskQuery
 from notify_server.redis_io.records import TaskRecords
-from notify_server.worker.emitter import Emitter
+from tests.support.written_emitter import WrittenEmitter
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def prefix():
 
 @pytest.fixture
 def emitter(redis_server, prefix):
-    return Emitter(redis_server.url, prefix=prefix)
+    return WrittenEmitter(redis_server.url, prefix=prefix)
 
 
 def read(url, prefix, task_id, config=RecordsConfig()):

@@ -64,7 +64,7 @@ def write(url: str, specs: List[dict], threads: int = 4) -> None:
                 emitter.emit(events.with_owner(message, spec.get("owner")),
                              record={"name": spec.get("name"), "worker": spec.get("worker"),
                                      "attempt": 0})
-        assert emitter.pending == 0 and emitter.dropped == 0
+        assert emitter.flush(30) and emitter.dropped == 0
 
     workers = [threading.Thread(target=run, args=(specs[i::threads],)) for i in range(threads)]
     for worker in workers:

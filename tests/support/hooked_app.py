@@ -1,7 +1,7 @@
 """A Celery app with the worker hook (`install(app)`), for the task-record tests.
 
-`celery -A tests.support.hooked_app worker`: its broker and events Redis are
-$REDIS_URL. Each task is one outcome a record must show: success, failure,
+`celery -A tests.support.hooked_app worker`: its broker is $REDIS_URL, and
+so is its events Redis unless $NOTIFY_REDIS_URL names another. Each task is one outcome a record must show: success, failure,
 two retries then success, progress reports, and one that waits for a Redis
 key the test sets (so a test decides when it finishes).
 """
@@ -19,7 +19,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 app = Celery("hooked", broker=REDIS_URL)
 app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_startup=True,
                 worker_prefetch_multiplier=1)
-notifier = install(app, REDIS_URL)
+notifier = install(app, os.environ.get("NOTIFY_REDIS_URL") or REDIS_URL)
 
 # How long `gate` waits for its key before it gives up (fails).
 GATE_TIMEOUT = 60.0

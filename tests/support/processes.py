@@ -73,6 +73,22 @@ class Child:
             if match:
                 return match
 
+    def wait_for_lines(self, pattern: str, count: int, timeout: float = 30.0) -> None:
+        """Block until `count` output lines in all have matched `pattern`."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while sum(1 for line in list(self.output) if regex.search(line)) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.name}: fewer than {count} lines matching "
+                                     f"{pattern!r} within {timeout} s; log: {self.log_path}")
+            try:
+                if self._lines.get(timeout=remaining) is None:
+                    raise AssertionError(f"{self.name} exited ({self.process.wait()}) before "
+                                         f"{count} lines matched {pattern!r}")
+            except queue.Empty:
+                continue
+
     def signal(self, signum: int) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signum)
