@@ -24,6 +24,10 @@ from notify_server.worker.emitter import Emitter
 
 log = logging.getLogger(__name__)
 
+# A retried task's next attempt may start in another process at once: the
+# retrying attempt's events are written first, waiting at most this long.
+RETRY_FLUSH_TIMEOUT = 1.0
+
 # owner(args, kwargs) -> the task's owner, or None.
 OwnerFunction = Callable[[Any, Any], Optional[str]]
 
@@ -100,8 +104,10 @@ class Notifier:
     pool child; `task_revoked` and the failure of a lost worker run in the
     parent process. The emitter makes its Redis client and writer thread per
     process, so both work; a child that exits writes what it holds first
-    (`worker_process_shutdown`). No handler raises and none waits for Redis:
-    emitting must never fail or slow a task.
+    (`worker_process_shutdown`). No handler raises, and none waits for Redis
+    but `task_retry`'s (a retry is rare, and its next attempt may start in
+    another process at once: the retrying attempt's events go first, within
+    RETRY_FLUSH_TIMEOUT): emitting must never fail or slow a task.
 
     Every event of a task with an owner (see `install`) carries it as the
     top-level "owner" of the message, beside "type" and "data".
@@ -181,6 +187,9 @@ class Notifier:
         if self._mine(sender) and request is not None:
             self._emit(events.task_retrying, request.id, request.args, request.kwargs,
                        events.safe_text(reason), **_lifecycle(sender, request))
+            # The next attempt, already sent, may start in another pool process:
+            # its task_started must not reach Redis before this attempt's events.
+            self.emitter.flush(RETRY_FLUSH_TIMEOUT)
 
     def _on_process_shutdown(self, **_):
         """A pool child is leaving (max-tasks-per-child, a warm shutdown, a

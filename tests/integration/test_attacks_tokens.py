@@ -239,6 +239,7 @@ async def test_bob_resuming_from_before_alices_events_gets_only_his_own(
     emitter = Emitter(redis_server.url)
     tag = unique_avid("RESUME")
     emitter.emit(event(tag, "before", owner="bob"))
+    assert emitter.flush()
     since = history_id_of(redis_server.url, f"{tag}-before")
     for name, owner in [("alice-1", "alice"), ("bob-1", "bob"), ("alice-2", "alice"),
                         ("nobody-1", None), ("bob-2", "bob")]:

@@ -20,7 +20,7 @@ from celery import Celery
 from notify_server.dev.embedded_redis import EmbeddedRedis
 from notify_server.protocol import task_events as events
 from notify_server.protocol.names import Keys
-from notify_server.worker.emitter import Emitter
+from tests.support.written_emitter import WrittenEmitter
 from tests.support.client import WsClient, of_task
 from tests.support.http_probe import readyz, scrape
 from tests.support.processes import ARTIFACTS, start_server, start_worker
@@ -335,7 +335,8 @@ async def test_one_bridge_writes_and_a_new_leader_fills_in_what_the_dead_one_mis
 
 def test_the_emit_script_writes_a_transition_once_whoever_writes_it(broker):
     prefix = f"once-{uuid.uuid4().hex[:6]}"
-    hook, bridge = (Emitter(broker.url, prefix=prefix) for _ in range(2))
+    # Each emit is in Redis before the next (the emitters' writer threads would race).
+    hook, bridge = (WrittenEmitter(broker.url, prefix=prefix) for _ in range(2))
     started = {"type": "task_started", "data": {"task_id": "t-1", "avid": "A",
                                                 "status": "started"}}
     key = events.transition_key("t-1", events.TASK_STARTED, 0)

@@ -99,6 +99,7 @@ async def test_a_resumed_socket_gets_the_replay_then_queue_status_then_live_even
         emitter = Emitter(redis_server.url)
         for number in range(4):
             emitter.emit(progress("ORDER", number))
+        assert emitter.flush()
         history = redis.Redis.from_url(redis_server.url)
         first_id = history.xrevrange(Keys().history_stream, count=4)[-1][0].decode()
         history.close()

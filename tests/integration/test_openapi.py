@@ -68,6 +68,7 @@ def test_what_the_handlers_answer_is_what_the_document_says(server_port, redis_s
     emitter.emit(ev.task_progress(done, "OA-1", 1, 2, "half"))
     emitter.emit(ev.task_completed(done, "OA-1", "ok"), record={"attempt": 0})
     emitter.emit(ev.task_failed(failed, 7, "ValueError: boom"), record={"attempt": 2})
+    assert emitter.flush()
 
     for path, expected in ((f"/api/tasks/{done}", 200), (f"/api/tasks/{failed}", 200),
                            ("/api/tasks/no-such-task", 404), ("/api/tasks/" + "x" * 256, 400)):

@@ -242,7 +242,9 @@ def mark_start(redis_url: str, tag: str) -> str:
     """Write one event before the traffic and return its id: the clients
     resume after it from their first connection on, so each is owed every
     event of `tag` from number 0."""
-    Emitter(redis_url).emit(progress(f"{tag}-START", 0))
+    emitter = Emitter(redis_url)
+    emitter.emit(progress(f"{tag}-START", 0))
+    assert emitter.flush()
     client = redis.Redis.from_url(redis_url)
     try:
         return client.xrevrange(HISTORY, count=1)[0][0].decode()
