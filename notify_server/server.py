@@ -104,7 +104,8 @@ class NotifyServer:
                            on_resync=self._on_resync, on_connected=self.metrics.subscription,
                            on_invalid=self.metrics.dropped.labels("invalid").inc,
                            on_refused=self.metrics.dropped.labels("refused").inc,
-                           on_snapshot=self.snapshot.received)
+                           on_snapshot=self.snapshot.received,
+                           history_maxlen=config.redis.history_maxlen)
         # The poller keeps its own state: what it found, before the round trip through Redis.
         self.poller = QueuePoller(config.celery, config.broker_master, QueueState(),
                                   self.snapshot.publish, on_poll=self.metrics.poll)

@@ -5,8 +5,10 @@ the history; `RelayCursor` decides which events are new, where a gap fill
 starts and when clients must resync.
 """
 
+import dataclasses
 from typing import Iterable, List, Optional
 
+from notify_server.protocol.names import DEFAULT_HISTORY_MAXLEN
 from notify_server.protocol.stream import Event, parse_stream_id, relayable_type
 
 # The id before every stream entry: "relay everything the history holds".
@@ -14,6 +16,16 @@ START = "0-0"
 # How far ahead of Redis's clock an id may be (the two clocks are compared
 # at every subscribe; a real id is never ahead of the Redis that made it).
 MAX_AHEAD_MS = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamCount:
+    """What Redis says of the history's size (`XINFO STREAM`): `length`
+    entries held now, and `added`, every entry ever added (Redis 7's
+    `entries-added`; None on older Redis)."""
+
+    length: int
+    added: Optional[int] = None
 
 
 class RelayCursor:
@@ -26,21 +38,25 @@ class RelayCursor:
     always passed on and do not move the cursor.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, history_maxlen: int = DEFAULT_HISTORY_MAXLEN) -> None:
         self._last_id: Optional[str] = None
         self._last_key = (0, 0)
+        self._maxlen = history_maxlen
+        self._added_at_start: Optional[int] = None
 
     @property
     def started(self) -> bool:
         """False until `start_after`: where to begin is not known yet."""
         return self._last_id is not None
 
-    def start_after(self, newest_id: Optional[str]) -> None:
+    def start_after(self, newest_id: Optional[str], count: StreamCount = StreamCount(0)) -> None:
         """Begin after `newest_id`, the newest id in the history when the relay
-        first subscribes (None: the history is empty, begin at START). Older
-        events are the business of clients that resume, not of the relay."""
+        first subscribes (None: the history is empty, begin at START), whose
+        size was then `count`. Older events are the business of clients that
+        resume, not of the relay."""
         self._last_id = newest_id or START
         self._last_key = parse_stream_id(self._last_id) or (0, 0)
+        self._added_at_start = count.added if count.added is not None else 0
 
     @property
     def last_id(self) -> str:
@@ -49,14 +65,32 @@ class RelayCursor:
             raise RuntimeError("the cursor has not started")
         return self._last_id
 
-    def lost_events(self, history_holds_last_id: bool) -> Optional[str]:
-        """The `resync` reason when events after `last_id` may be gone (the
-        history no longer holds `last_id`: trimmed, or Redis lost its data),
-        else None. Never at START: nothing before the first entry can be lost."""
-        if self.last_id == START or history_holds_last_id:
+    def lost_events(self, history_holds_last_id: bool,
+                    count: Optional[StreamCount] = None) -> Optional[str]:
+        """The `resync` reason when events after `last_id` may be gone, else None.
+
+        After an id: when the history no longer holds it (trimmed, or Redis
+        lost its data). At START (the history was empty when the relay
+        began, and no event has come since), `count` (the history's size
+        now) tells: with Redis 7's `entries-added`, events were lost when
+        more were added since the start than the history holds; without
+        it, when the history is at its `history_maxlen` (writers trim to
+        keep about that many: it may have dropped some)."""
+        if self.last_id != START:
+            if history_holds_last_id:
+                return None
+            return (f"the history no longer holds event {self.last_id}; "
+                    "some events were lost, reload your state")
+        if count is None:
             return None
-        return (f"the history no longer holds event {self.last_id}; "
-                "some events were lost, reload your state")
+        if count.added is not None:
+            trimmed = count.added - (self._added_at_start or 0) > count.length
+        else:
+            trimmed = count.length >= self._maxlen
+        if not trimmed:
+            return None
+        return ("more events were written while the relay was away than the history keeps; "
+                "some were lost, reload your state")
 
     def refusal(self, event: Event, redis_now_ms: float) -> Optional[str]:
         """Why a channel message may not be relayed, or None: its type is not

@@ -15,10 +15,10 @@ from typing import Callable, List, Optional
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from notify_server.delivery.relay_cursor import RelayCursor
-from notify_server.protocol.names import Keys
+from notify_server.delivery.relay_cursor import START, RelayCursor, StreamCount
+from notify_server.protocol.names import DEFAULT_HISTORY_MAXLEN, Keys
 from notify_server.protocol.stream import Event, InvalidEvent, parse_event
 from notify_server.redis_io.backoff import Backoff
 from notify_server.redis_io.history import History
@@ -44,7 +44,9 @@ class Relay:
     Messages already waiting on the connection are passed as one batch. When
     the subscription drops, `run` reconnects with backoff and first relays, from
     the history, every event after the last id it relayed; if the history no
-    longer holds that id, `on_resync(reason)` is called before the rest.
+    longer holds that id (or, when it has relayed nothing since it began on
+    an empty history, if the history may have been trimmed since:
+    `RelayCursor.lost_events`), `on_resync(reason)` is called before the rest.
     Events published without an id are relayed live only.
 
     The same subscription carries the shared queue snapshot: messages on
@@ -72,7 +74,8 @@ class Relay:
                  on_connected: Callable[[bool], None],
                  on_invalid: Callable[[], None] = lambda: None,
                  on_refused: Callable[[], None] = lambda: None,
-                 on_snapshot: Callable[[bytes, bool], None] = lambda payload, live: None):
+                 on_snapshot: Callable[[bytes, bool], None] = lambda payload, live: None,
+                 history_maxlen: int = DEFAULT_HISTORY_MAXLEN):
         self._connect, self._channel, self._stream = (connect, keys.events_channel,
                                                       keys.history_stream)
         self._snapshot_channel, self._snapshot_key = keys.queue_channel, keys.queue_key
@@ -84,7 +87,7 @@ class Relay:
         self._clock_offset_ms = 0.0
         self._refusals_logged_at = -math.inf
         self._refusals_unlogged = 0
-        self._cursor = RelayCursor()
+        self._cursor = RelayCursor(history_maxlen)
         self._run_id: Optional[str] = None  # the Redis server of the last subscription
         self._backoff = Backoff(base=0.1, cap=3.0)
         self.connected = False
@@ -110,14 +113,15 @@ class Relay:
         try:
             history = History(redis, self._stream, self._on_invalid)
             if not self._cursor.started:
-                self._cursor.start_after(await _newest_id(redis, self._stream))
+                self._cursor.start_after(await _newest_id(redis, self._stream),
+                                         await _stream_count(redis, self._stream))
             await pubsub.subscribe(self._channel, self._snapshot_channel)
             latest = await redis.get(self._snapshot_key)
             if latest is not None:
                 self._on_snapshot(latest, False)
             await self._check_same_redis(redis)
             await self._measure_clock(redis)
-            missed = await self._fill_gap(history)
+            missed = await self._fill_gap(redis, history)
             self._subscribed(missed)
             while True:
                 message = await pubsub.get_message(timeout=IDLE_WAKEUP)
@@ -156,9 +160,12 @@ class Relay:
         seconds, micros = await redis.time()
         self._clock_offset_ms = seconds * 1000.0 + micros / 1000.0 - time.time() * 1000.0
 
-    async def _fill_gap(self, history: History) -> int:
+    async def _fill_gap(self, redis: Redis, history: History) -> int:
         missed = 0
-        lost = self._cursor.lost_events(await history.contains(self._cursor.last_id))
+        at_start = self._cursor.last_id == START
+        lost = self._cursor.lost_events(
+            at_start or await history.contains(self._cursor.last_id),
+            await _stream_count(redis, self._stream) if at_start else None)
         if lost is not None:
             self._on_resync(lost)
         async for stored in history.after(self._cursor.last_id):
@@ -213,6 +220,17 @@ class Relay:
             log.info("events subscription down")
             self.connected = False
             self._on_connected(False)
+
+
+async def _stream_count(redis: Redis, stream: str) -> StreamCount:
+    """The history's length and (Redis 7) `entries-added`; 0 and None when it does not exist."""
+    try:
+        info = await redis.xinfo_stream(stream)
+    except ResponseError:  # no such key
+        return StreamCount(0)
+    added = info.get("entries-added", info.get(b"entries-added"))
+    return StreamCount(int(info.get("length", info.get(b"length", 0))),
+                       None if added is None else int(added))
 
 
 async def _newest_id(redis: Redis, stream: str) -> Optional[str]:

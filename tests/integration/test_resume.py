@@ -140,3 +140,41 @@ async def test_a_malformed_history_entry_is_skipped_by_a_resume_and_counted(make
         again.close()
     finally:
         server.stop()
+
+
+async def test_a_relay_that_began_on_an_empty_history_resyncs_when_an_outage_outran_it(
+        make_redis):
+    """The relay starts on an empty history, then loses its subscription
+    while more events are written than the history keeps (NOTIFY_HISTORY_MAXLEN
+    100, 300 written): its client gets `resync` before the events the history
+    still holds. Before, a relay that had relayed nothing yet never resynced."""
+    from redis import Redis
+
+    from notify_server.protocol.emit_script import EMIT_SCRIPT
+    from notify_server.protocol.names import Keys
+    from notify_server.protocol.task_events import ONCE_WINDOW, encode_event
+
+    broker = make_redis()
+    server, port = start_server(broker.url, env={"NOTIFY_HISTORY_MAXLEN": "100"},
+                                name="server-empty-start")
+    try:
+        client = await WsClient.connect(port)
+        await client.wait_for(lambda m: m["type"] == "queue_status")
+        keys = Keys()
+        # One atomic step: the relay's subscription is cut, then 300 events are
+        # written (trimmed to about 100) before it can subscribe again.
+        pipe = Redis.from_url(broker.url).pipeline(transaction=True)
+        pipe.client_kill_filter(_type="pubsub")
+        for number in range(300):
+            pipe.eval(EMIT_SCRIPT, 3, keys.history_stream, keys.events_channel, "",
+                      encode_event(progress("EMPTY", number)), 100, ONCE_WINDOW, "")
+        pipe.execute()
+        Emitter(broker.url, history_maxlen=100).emit(progress("EMPTY", 300))
+        await client.wait_for(lambda m: numbers(client, "EMPTY")[-1:] == [300])
+        kinds = [m["type"] for m in client.received if m["type"] in ("resync", "task_progress")]
+        assert kinds[0] == "resync", kinds[:3]
+        got = numbers(client, "EMPTY")
+        assert got == list(range(got[0], 301)) and got[0] > 0
+        client.close()
+    finally:
+        assert server.stop() == 0

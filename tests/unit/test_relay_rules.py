@@ -1,6 +1,6 @@
 """The relay's rules (notify_server.delivery.relay_cursor): dedupe, gap fill, resync; no Redis."""
 
-from notify_server.delivery.relay_cursor import START, RelayCursor
+from notify_server.delivery.relay_cursor import START, RelayCursor, StreamCount
 from notify_server.protocol.stream import Event
 
 
@@ -85,3 +85,22 @@ def test_nothing_can_be_lost_before_the_beginning_of_the_history():
     cursor = started_after(None)
     assert cursor.lost_events(history_holds_last_id=False) is None
     assert cursor.lost_events(history_holds_last_id=True) is None
+
+
+def test_from_an_empty_start_redis_7s_count_of_entries_added_tells_whether_any_was_trimmed():
+    cursor = RelayCursor(history_maxlen=100)
+    cursor.start_after(None, StreamCount(length=0, added=40))  # emptied after 40 entries
+    assert cursor.lost_events(True, StreamCount(length=100, added=140)) is None
+    reason = cursor.lost_events(True, StreamCount(length=100, added=141))
+    assert reason and "more events were written while the relay was away" in reason
+    assert cursor.lost_events(True, StreamCount(length=0, added=40)) is None
+
+
+def test_from_an_empty_start_without_entries_added_a_full_history_may_have_lost_some():
+    """Redis 6 keeps no count of what was added: a history at its maxlen
+    (writers trim to about that) may have dropped events; one below cannot."""
+    cursor = RelayCursor(history_maxlen=100)
+    cursor.start_after(None, StreamCount(length=0))
+    assert cursor.lost_events(True, StreamCount(length=99)) is None
+    assert cursor.lost_events(True, StreamCount(length=100)) is not None
+    assert cursor.lost_events(True, StreamCount(length=0)) is None
