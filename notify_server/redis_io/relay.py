@@ -32,6 +32,14 @@ MAX_BATCH = 1000
 IDLE_WAKEUP = 10.0
 # Refused channel messages are logged at most once per this many seconds.
 REFUSAL_LOG_EVERY = 10.0
+# A relay whose newest event was older than this when it read it was behind.
+BEHIND_MS = 200.0
+# The relay notes the event loop's progress this often; a loop that made none
+# for STALLED seconds (a stopped or starved process) up to STALL_MEMORY seconds
+# before the subscription dropped may have left events unread.
+TICK = 0.1
+STALLED = 0.2
+STALL_MEMORY = 3.0
 
 
 class Relay:
@@ -55,9 +63,19 @@ class Relay:
     on as `on_snapshot(payload, False)` (stored: maybe old), so a process
     that starts or reconnects has it at once.
 
-    When a (re)subscription finds another Redis server than the one before
-    (its `run_id`: a failover or a restart), `on_resync` is called first:
-    events acknowledged by the old one may be lost without a trace.
+    A (re)subscription that finds another Redis server than the one before
+    (its `run_id`: a failover or a restart) calls `on_resync` only when
+    something may be missing: when its history does not hold the last id
+    relayed (clients were told of an event it lacks; replication and
+    persistence keep a prefix of the stream, so holding it means holding
+    everything before it), or when the relay was behind as the old server
+    went away (it was still reading a backlog, its newest event was more
+    than BEHIND_MS old, or its event loop had stalled for STALLED seconds):
+    events the old server acknowledged may then have died unread in its
+    output buffer. A relay that had read
+    everything (it was waiting for the next message) has seen every event
+    the old server acknowledged, so a restart or failover that kept its
+    last event costs clients no `resync`.
 
     Malformed messages, and malformed history entries a gap fill skips, are
     logged and reported to `on_invalid()`. A well-formed message the channel
@@ -89,6 +107,13 @@ class Relay:
         self._refusals_unlogged = 0
         self._cursor = RelayCursor(history_maxlen)
         self._run_id: Optional[str] = None  # the Redis server of the last subscription
+        # Whether the last read found nothing more waiting, and how old (ms) the
+        # newest event relayed was when it was read; `_behind_when_lost` keeps
+        # their verdict from the moment the subscription dropped.
+        self._drained, self._lag_ms = True, 0.0
+        self._behind_when_lost = False
+        self._ticked_at = time.monotonic()
+        self._stalled_at = -math.inf  # when the loop last resumed after a stall
         self._backoff = Backoff(base=0.1, cap=3.0)
         self.connected = False
         self.subscribed_once = asyncio.Event()
@@ -96,6 +121,21 @@ class Relay:
     async def run(self) -> None:
         """Relay until cancelled. Never raises: Redis failures and unexpected
         errors alike end in a resubscription with gap fill."""
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            await self._run()
+        finally:
+            ticker.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            now = time.monotonic()
+            if now - self._ticked_at > STALLED:
+                self._stalled_at = now
+            self._ticked_at = now
+            await asyncio.sleep(TICK)
+
+    async def _run(self) -> None:
         while True:
             try:
                 await self._subscribe_and_relay()
@@ -123,11 +163,13 @@ class Relay:
             await self._measure_clock(redis)
             missed = await self._fill_gap(redis, history)
             self._subscribed(missed)
+            self._drained, self._lag_ms = True, 0.0
             while True:
                 message = await pubsub.get_message(timeout=IDLE_WAKEUP)
                 batch: List[Event] = []
                 try:
                     while message is not None:
+                        self._drained = False
                         if message.get("type") == "message":
                             if message.get("channel") == self._snapshot_channel_bytes:
                                 self._on_snapshot(message["data"], True)
@@ -136,25 +178,39 @@ class Relay:
                         if len(batch) >= MAX_BATCH:
                             break
                         message = await pubsub.get_message(timeout=0.0)
+                    else:
+                        self._drained = True
                 finally:
                     # The cursor has moved past these: relay them even if the
                     # connection failed mid-batch, or the gap fill would skip them.
                     if batch:
+                        self._note_lag(batch)
                         self._on_events(batch)
         finally:
             await pubsub.aclose()
             await redis.aclose()
 
     async def _check_same_redis(self, redis: Redis) -> None:
-        """Resync everyone when this is another Redis than before (a failover
-        promoted a replica, or Redis restarted): events the old one had
-        acknowledged may never have reached it, and nothing in its history
-        would show the gap."""
+        """On another Redis than before (a failover promoted a replica, or
+        Redis restarted): resync everyone if the relay was behind when the
+        old one went away; else only log (the gap fill that follows checks
+        that the new one holds the last event relayed)."""
         run_id = (await redis.info("server")).get("run_id")
         if self._run_id is not None and run_id != self._run_id:
-            self._on_resync("Redis was restarted or failed over; events may have been lost: "
-                            "reload your state")
-        self._run_id = run_id
+            if self._behind_when_lost:
+                self._on_resync("Redis was restarted or failed over while this server was still "
+                                "reading its events; some may have been lost: reload your state")
+            else:
+                log.info("Redis was restarted or failed over; the relay had read every event "
+                         "(clients resync only if the new one lacks %s, the last relayed)",
+                         self._cursor.last_id)
+        self._run_id, self._behind_when_lost = run_id, False
+
+    def _note_lag(self, batch: List[Event]) -> None:
+        """How old the newest event of `batch` with an id was when it was read."""
+        newest = max((event.key for event in batch if event.key is not None), default=None)
+        if newest is not None:
+            self._lag_ms = time.time() * 1000.0 + self._clock_offset_ms - newest[0]
 
     async def _measure_clock(self, redis: Redis) -> None:
         seconds, micros = await redis.time()
@@ -212,6 +268,10 @@ class Relay:
         self.subscribed_once.set()
 
     def _lost(self, exc: BaseException) -> None:
+        if self.connected:
+            now = time.monotonic()
+            stalled = now - self._ticked_at > STALLED or now - self._stalled_at < STALL_MEMORY
+            self._behind_when_lost = not self._drained or self._lag_ms > BEHIND_MS or stalled
         if self.connected or self._backoff.attempts == 0:
             log.warning("events subscription lost (%s); reconnecting with backoff", exc)
         else:

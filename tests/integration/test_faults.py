@@ -72,6 +72,9 @@ async def test_redis_killed_and_restarted_mid_stream_loses_and_duplicates_nothin
         got = numbers(client, "KILL")
         record("redis-server kill -9 and restart mid-stream", 300, got)
         assert got == list(range(300))
+        # The restarted Redis (append-only file) holds every event the client saw:
+        # nothing to reload, so no resync (the pong above came after the gap fill).
+        assert not [m for m in client.received if m["type"] == "resync"]
         assert client.close_code is None
         client.close()
     finally:
@@ -296,3 +299,34 @@ async def test_shutdown_waits_for_the_clients_that_are_left_and_names_those_that
     finally:
         server.stop()
     assert not [line for line in server.output if " 0 client(s)" in line]
+
+
+async def test_a_redis_restarted_empty_resyncs_the_clients_that_saw_what_it_lost(make_redis):
+    """No persistence: the restarted Redis lacks the events clients were told
+    of, so each client gets `resync` before the next event."""
+    redis = make_redis()
+    server, port = start_server(redis.url, name="server-redis-empty-restart")
+    try:
+        client = await WsClient.connect(port)
+        emitter = Emitter(redis.url)
+        for number in range(5):
+            emitter.emit(progress("EMPTIED", number))
+        await client.wait_for(lambda m: numbers(client, "EMPTIED")[-1:] == [4])
+        redis.kill()
+        await eventually(lambda: get_json(port, "/readyz"), lambda r: not r[1]["redis"])
+        redis.start()
+        await eventually(lambda: get_json(port, "/readyz"), lambda r: r[1]["redis"])
+        emitter.emit(progress("EMPTIED", 5))
+        await client.wait_for(lambda m: numbers(client, "EMPTIED")[-1:] == [5])
+        after = [m["type"] for m in client.received if m["type"] == "resync"
+                 or numbers_of(m, "EMPTIED") == [5]]
+        assert after == ["resync", "task_progress"]
+        client.close()
+    finally:
+        assert server.stop() == 0
+
+
+def numbers_of(message: dict, tag: str) -> list:
+    data = message.get("data") or {}
+    return [data.get("current")] if message.get("type") == "task_progress" \
+        and data.get("avid") == tag else []
