@@ -4,17 +4,18 @@ Synchronous (redis-py), because Celery task bodies and signal handlers are.
 """
 
 import collections
+import itertools
 import logging
 import math
 import os
 import threading
 import time
-from typing import Any, Deque, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Deque, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Writes not replicated in time are logged at most once per this many seconds.
 UNREPLICATED_LOG_EVERY = 60.0
+# At most this many script calls go to Redis in one round trip (one pipeline).
+BATCH = 256
 
 class Emitter:
     """Writes events to the history stream and the live channel, and each
@@ -106,6 +109,28 @@ class Emitter:
         event also updates its task's record; `record` adds what the event
         does not carry (``attempt``, ``time``, ``name``, ``worker``,
         ``runtime``; the time defaults to now)."""
+        self.emit_many([(message, once, record)])
+
+    def emit_many(self, items: Iterable[Tuple[dict, Optional[str],
+                                             Optional[Mapping[str, Any]]]]) -> None:
+        """`emit` for each (message, once, record) of `items`, in their
+        order, at most `BATCH` script calls per round trip (a pipeline):
+        what one call would do per event, in fewer round trips. The same
+        guarantees: each is written once per `once` key, in order, never
+        raising; while Redis is unreachable they join the buffer."""
+        for chunk in _chunks(items, BATCH):
+            payloads = [self._payload(*item) for item in chunk]
+            self._ensure_process()
+            with self._lock:
+                for payload in payloads:
+                    if len(self._pending) >= self._buffer_size:
+                        self._pending.popleft()
+                        self.dropped += 1
+                    self._pending.append(payload)
+                self._flush_locked()
+
+    def _payload(self, message: dict, once: Optional[str],
+                 record: Optional[Mapping[str, Any]]) -> Tuple[bytes, str, List[str]]:
         extra = {"time": time.time(), **(record or {})}
         replaced: set = set()
         payload = (encode_event(message, replaced),
@@ -113,13 +138,7 @@ class Emitter:
                    record_arguments(message, extra))
         if replaced - self._replaced_logged:
             self._log_replaced(replaced)
-        self._ensure_process()
-        with self._lock:
-            if len(self._pending) >= self._buffer_size:
-                self._pending.popleft()
-                self.dropped += 1
-            self._pending.append(payload)
-            self._flush_locked()
+        return payload
 
     @property
     def pending(self) -> int:
@@ -132,43 +151,74 @@ class Emitter:
         if time.monotonic() < self._retry_at:
             return
         while self._pending:
-            payload, once, pairs = self._pending[0]
-            keys = [*self._keys, once]
-            args = [payload, self._maxlen, ONCE_WINDOW, self._root if pairs else "", *pairs]
-            try:
-                if self._wait_replicas:
-                    written = self._write_and_wait(keys, args)
+            answers, error = self._write(list(itertools.islice(self._pending, BATCH)))
+            for written in answers:
+                self._pending.popleft()
+                if written is None:
+                    self.duplicates += 1
                 else:
-                    written = self._script(keys=keys, args=args)
-            except RedisError as exc:
-                self._note_outage(exc)
+                    self.written += 1
+            if error is not None:
+                self._note_outage(error)
                 return
-            self._pending.popleft()
-            if written is None:
-                self.duplicates += 1
-            else:
-                self.written += 1
         if self._down_since is not None:
             log.warning("notify: Redis is back after %.1f s; pending events written (%d dropped)",
                         time.monotonic() - self._down_since, self.dropped)
             self._down_since = None
 
-    def _write_and_wait(self, keys: List[str], args: list) -> Optional[bytes]:
-        """The script, then WAIT for the replicas, in one round trip."""
-        pipe = self._client_for_pipelines.pipeline(transaction=False)
-        self._script(keys=keys, args=args, client=pipe)
-        pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
-        written, replicas = pipe.execute()
-        if written is not None and replicas < self._wait_replicas:
-            self.unreplicated += 1
-            now = time.monotonic()
-            if now - self._unreplicated_logged_at >= UNREPLICATED_LOG_EVERY:
-                self._unreplicated_logged_at = now
-                log.warning("notify: an event reached %d of %d replica(s) within %d ms; it is "
-                            "written on the primary but a failover now could lose it (%d such "
-                            "writes so far; logged at most once a minute)", replicas,
-                            self._wait_replicas, self._wait_ms, self.unreplicated)
-        return written
+    def _write(self, batch: List[Tuple[bytes, str, List[str]]],
+               ) -> Tuple[list, Optional[RedisError]]:
+        """The script for each of `batch`, in order, in one round trip (then
+        WAIT for the replicas, in the same one). Returns the answers of the
+        first calls that ran (None for a transition written already) and the
+        error that stopped the others, if one did. A call Redis refuses with
+        NOSCRIPT (it lost the script: SCRIPT FLUSH, a restart) is made again
+        at once through redis-py's `Script`, which loads it."""
+        calls = [([*self._keys, once], [payload, self._maxlen, ONCE_WINDOW,
+                                        self._root if pairs else "", *pairs])
+                 for payload, once, pairs in batch]
+        try:
+            if len(calls) == 1 and not self._wait_replicas:
+                keys, args = calls[0]
+                return [self._script(keys=keys, args=args)], None
+            # EVALSHA itself: redis-py's `Script` on a pipeline would ask
+            # SCRIPT EXISTS first, one more round trip per batch.
+            pipe = self._client_for_pipelines.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            if self._wait_replicas:
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+            results = pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            return [], exc
+        if self._wait_replicas:
+            *results, replicas = results
+        answers: list = []
+        for (keys, args), result in zip(calls, results):
+            if isinstance(result, NoScriptError):
+                try:
+                    result = self._script(keys=keys, args=args)
+                except RedisError as exc:
+                    return answers, exc
+            elif isinstance(result, RedisError):
+                return answers, result
+            answers.append(result)
+        if self._wait_replicas:
+            self._count_replicated(sum(1 for written in answers if written is not None),
+                                   replicas)
+        return answers, None
+
+    def _count_replicated(self, written: int, replicas: int) -> None:
+        if not written or replicas >= self._wait_replicas:
+            return
+        self.unreplicated += written
+        now = time.monotonic()
+        if now - self._unreplicated_logged_at >= UNREPLICATED_LOG_EVERY:
+            self._unreplicated_logged_at = now
+            log.warning("notify: %d event(s) reached %d of %d replica(s) within %d ms; they are "
+                        "written on the primary but a failover now could lose them (%d such "
+                        "writes so far; logged at most once a minute)", written, replicas,
+                        self._wait_replicas, self._wait_ms, self.unreplicated)
 
     def _log_replaced(self, replaced: set) -> None:
         for kind in replaced - self._replaced_logged:
@@ -194,6 +244,15 @@ class Emitter:
                 self._flush_locked()
                 if not self._pending:
                     return
+
+
+def _chunks(items: Iterable, size: int) -> Iterable[list]:
+    iterator = iter(items)
+    while True:
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield chunk
 
 
 def connection_options(url: Optional[str]) -> dict:
