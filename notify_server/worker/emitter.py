@@ -173,7 +173,10 @@ class Emitter:
         first calls that ran (None for a transition written already) and the
         error that stopped the others, if one did. A call Redis refuses with
         NOSCRIPT (it lost the script: SCRIPT FLUSH, a restart) is made again
-        at once through redis-py's `Script`, which loads it."""
+        at once through redis-py's `Script`, which loads it (that call alone
+        is not waited for with WAIT; the next batch is). Should another
+        writer load the script while this batch runs, a call after the
+        refused one may run first: the once-only keys still hold."""
         calls = [([*self._keys, once], [payload, self._maxlen, ONCE_WINDOW,
                                         self._root if pairs else "", *pairs])
                  for payload, once, pairs in batch]
