@@ -46,7 +46,9 @@ celery_io/                    Celery adapters, each running Celery in a helper p
 celery_io/bridge.py           the bridge's supervisor: starts, restarts and stops its helper
 celery_io/bridge_helper.py    in the bridge helper: Celery's event stream written as task events
 celery_io/bridge_mapping.py   Celery's events as protocol events, and the worker table (pure)
+celery_io/bridge_redis.py     in the bridge helper: the event channel of a Redis broker, read directly
 celery_io/bridge_rules.py     the takeover replay and the helper's timing, `now` handed in (pure)
+celery_io/bridge_wire.py      kombu's Redis fanout: the event channel's name, messages into events (pure)
 celery_io/broker.py           the one Celery app that inspects or receives from the broker
 celery_io/helper_process.py   the one starter of helper processes: spawned, dies with its server
 celery_io/inspect_helper.py   in the inspect helper: active, scheduled, reserved and queue depths

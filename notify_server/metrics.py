@@ -59,7 +59,8 @@ class Metrics:
         self.bridge_events = Counter(
             "notify_bridge_events",
             "Celery events the bridge read (received), and protocol events it wrote "
-            "(written) or found already written by the hook or another process (duplicates).",
+            "(written) or found already written by the hook or another process (duplicates); "
+            "messages on the event channel it could not read (malformed).",
             ["outcome"], registry=registry)
         self._bridge_totals: dict = {}
         self.loop_lag = Histogram("notify_event_loop_lag_seconds",

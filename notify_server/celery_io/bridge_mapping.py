@@ -22,6 +22,7 @@ interval, counted from when the last heartbeat was received here).
 
 import collections
 import dataclasses
+import functools
 from typing import Any, Dict, List, Optional
 
 from notify_server.protocol import task_events as events
@@ -34,6 +35,8 @@ OFFLINE_RETENTION = 3600.0
 MAX_WORKERS = 1000
 # Celery cuts its reprs at 1,024 characters; a longer one is not parsed at all.
 MAX_REPR = 4096
+# The reprs whose parse is remembered (at most about 4 MB of them).
+PARSED_REPRS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +126,7 @@ class CeleryEventMapper:
         return self._out(message, task, task_id, event)
 
     def _received(self, task_id: str, event: dict) -> _Task:
-        args, kwargs = (_bounded(event.get("args")), _bounded(event.get("kwargs")))
+        args, kwargs = _arguments(event.get("args")), _arguments(event.get("kwargs"))
         retries = event.get("retries")
         name = event.get("name")
         task = _Task(avid=events.subject_of(args, kwargs, self._subject_arg),
@@ -236,9 +239,22 @@ def _record(task: _Task, event: dict) -> dict:
             "time": _number(event.get("timestamp")), "runtime": _number(event.get("runtime"))}
 
 
-def _bounded(value: Any) -> Any:
-    """A repr short enough to parse, else None."""
-    return None if isinstance(value, str) and len(value) > MAX_REPR else value
+def _arguments(value: Any) -> Any:
+    """Task args or kwargs as objects, parsed from their repr once; None for
+    a repr too long to parse, or one that is not a list, tuple or dict (a
+    str left over would be parsed again by `subject_of`)."""
+    if not isinstance(value, str):
+        return value
+    if len(value) > MAX_REPR:
+        return None
+    parsed = _parsed_repr(value)
+    return parsed if isinstance(parsed, (list, tuple, dict)) else None
+
+
+# Many tasks share their arguments' reprs (the same kwargs, say): parsing
+# one with `ast.literal_eval` costs far more than finding it here. Read
+# only: nothing the mapper does changes a parsed value.
+_parsed_repr = functools.lru_cache(maxsize=PARSED_REPRS)(events.arguments)
 
 
 def _number(value: Any) -> Optional[float]:

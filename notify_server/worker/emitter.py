@@ -12,7 +12,7 @@ import math
 import os
 import threading
 import time
-from typing import Any, Deque, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Deque, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import redis
 from redis.backoff import NoBackoff
@@ -112,31 +112,44 @@ class Emitter:
         already. A task event also updates its task's record; `record` adds
         what the event does not carry (``attempt``, ``time``, ``name``,
         ``worker``, ``runtime``; the time defaults to now). Returns at once."""
-        extra = {"time": time.time(), **(record or {})}
+        self.emit_many([(message, once, record)])
+
+    def emit_many(self, items: Iterable[Tuple[dict, Optional[str],
+                                               Optional[Mapping[str, Any]]]]) -> None:
+        """`emit` for each (message, once, record) of `items`, in order, queued
+        at once (the Celery event bridge writes what one read brought)."""
+        now = time.time()
         replaced: set = set()
-        event = encode_event(message, replaced)
-        pending = _Pending(event, "" if once is None else self._once_prefix + once,
-                           record_arguments(message, extra))
+        queued = [_Pending(encode_event(message, replaced),
+                           "" if once is None else self._once_prefix + once,
+                           record_arguments(message, {"time": now, **(record or {})}))
+                  for message, once, record in items]
         if replaced - self._replaced_logged:
             self._log_replaced(replaced)
         self._ensure_process()
         with self._changed:
-            if len(self._queue) >= self._buffer_size and self._down_since is None:
-                # Redis is up but slower than the emits: wait for room, a bounded time.
-                self._changed.wait_for(lambda: len(self._queue) < self._buffer_size,
-                                       self._timeout)
-            if len(self._queue) >= self._buffer_size:
-                self._queue.popleft()
-                self.dropped += 1
-                if not self._drop_logged:
-                    self._drop_logged = True
-                    log.warning("notify: the buffer of %d is full while Redis is unreachable; "
-                                "dropping the oldest events (%d so far; logged once per "
-                                "outage)", self._buffer_size, self.dropped)
-            pending.number = self._numbers = self._numbers + 1
-            self._queue.append(pending)
+            for pending in queued:
+                self._queue_locked(pending)
             if self._writer_waiting:
                 self._changed.notify_all()
+
+    def _queue_locked(self, pending: "_Pending") -> None:
+        """Append `pending` (the lock held): when the queue is full, wait a
+        little for room while Redis is up, else drop the oldest."""
+        if len(self._queue) >= self._buffer_size and self._down_since is None:
+            # Redis is up but slower than the emits: wait for room, a bounded time.
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: len(self._queue) < self._buffer_size, self._timeout)
+        if len(self._queue) >= self._buffer_size:
+            self._queue.popleft()
+            self.dropped += 1
+            if not self._drop_logged:
+                self._drop_logged = True
+                log.warning("notify: the buffer of %d is full while Redis is unreachable; "
+                            "dropping the oldest events (%d so far; logged once per outage)",
+                            self._buffer_size, self.dropped)
+        pending.number = self._numbers = self._numbers + 1
+        self._queue.append(pending)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every event queued before the call is written (or

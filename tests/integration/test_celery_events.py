@@ -243,8 +243,10 @@ async def test_with_the_hook_and_the_bridge_each_transition_reaches_clients_once
     try:
         client = await WsClient.connect(port)
         tried_before = await bridge_tried(port)
-        tasks = [submit(producer, unique_avid("H"), seconds=0.2, fail=index % 5 == 0)
-                 for index in range(20)]
+        # Short tasks, many at once: the worker sends its task events as
+        # `task.multi` lists and the bridge writes each read in one batch.
+        tasks = [submit(producer, unique_avid("H"), seconds=0.02, fail=index % 5 == 0)
+                 for index in range(90)]
         for task_id in tasks:
             await seen_or_next(client, lambda m, t=task_id: of_task(t)(m)
                                and m["type"] in ("task_completed", "task_failed"))
@@ -290,8 +292,9 @@ async def bridge_count(port: int, outcome: str) -> float:
 
 
 async def test_one_bridge_writes_and_a_new_leader_fills_in_what_the_dead_one_missed(make_redis):
-    """Two servers bridge the same broker; the leader is killed (-9) while
-    tasks run. A client of the survivor gets every transition exactly once."""
+    """Two servers bridge the same broker; the leader is killed (-9) in the
+    middle of a burst of tasks. A client of the survivor gets every
+    transition exactly once."""
     broker = make_redis()
     env = {"NOTIFY_LEADER_TTL": "1.0", "PLAIN_BROKER_URL": broker.url}
     worker = start_worker(broker.url, f"failover-{uuid.uuid4().hex[:6]}@localhost",
@@ -309,12 +312,14 @@ async def test_one_bridge_writes_and_a_new_leader_fills_in_what_the_dead_one_mis
         client = await WsClient.connect(survivor_port)
         await client.wait_for(lambda m: m["type"] == "queue_status")
 
+        # A burst: task events arrive as `task.multi` lists and are written in
+        # batches; the leader dies with some of a batch written, some not.
         tasks = []
-        for index in range(12):
-            tasks.append(fetch(producer, unique_avid("L"), seconds=0.3))
-            if index == 4:
+        for index in range(80):
+            tasks.append(fetch(producer, unique_avid("L"), seconds=0.03))
+            if index == 30:
                 doomed.signal(signal.SIGKILL)
-            await asyncio.sleep(0.25)  # pacing the producer, not waiting for an outcome
+            await asyncio.sleep(0.02)  # pacing the producer, not waiting for an outcome
         for task_id in tasks:
             await seen_or_next(client, of_task(task_id, "task_completed"), timeout=30)
         marker = fetch(producer, unique_avid("M"))
@@ -382,3 +387,78 @@ async def test_in_token_mode_bridged_task_events_reach_their_owner_and_worker_ev
             client.close()
     finally:
         child.stop()
+
+
+BURST_TASKS = 6667  # three events each: 20,001 Celery events
+
+
+def send_burst(broker_url: str, prefix: str) -> None:
+    """Celery's own events for BURST_TASKS tasks, as fast as one process sends
+    them, the way a worker with an event loop does (`task.multi` lists of up
+    to 24), from three worker hostnames."""
+    app = Celery("burst-source", broker=broker_url, set_as_current=False)
+    with app.connection_for_write() as connection:
+        dispatchers = [app.events.Dispatcher(connection, hostname=f"burst-{n}@localhost",
+                                             buffer_group=["task"]) for n in range(3)]
+        for n in range(BURST_TASKS):
+            task_id, dispatcher = f"{prefix}-{n}", dispatchers[n % 3]
+            dispatcher.send("task-received", uuid=task_id, name="plain.fetch",
+                            args=f"['{prefix}-A-{n}']", kwargs=f"{{'user_id': 'u{n % 7}'}}",
+                            retries=0)
+            dispatcher.send("task-started", uuid=task_id)
+            dispatcher.send("task-succeeded", uuid=task_id, result="'ok'", runtime=0.001)
+        for dispatcher in dispatchers:
+            dispatcher.flush()
+            dispatcher.close()
+    app.close()
+
+
+async def test_a_burst_of_20000_bridged_events_reaches_a_client_each_once_in_order(make_redis):
+    """20,001 Celery events sent as fast as a source can: a client gets every
+    one exactly once, each task's in the order sent, with ids in stream order."""
+    broker = make_redis()
+    child, port = start_server(broker.url, "--celery-events", name="burst",
+                               env={"NOTIFY_HISTORY_MAXLEN": "50000"})
+    try:
+        await eventually(lambda: readyz(port), lambda answer: answer[1]["leader"] is not None)
+        client = await WsClient.connect(port)
+        await client.wait_for(lambda m: m["type"] == "queue_status")
+        prefix = f"burst{uuid.uuid4().hex[:6]}"
+        sending = asyncio.ensure_future(asyncio.to_thread(send_burst, broker.url, prefix))
+        steps = {"task_received": 0, "task_started": 1, "task_completed": 2}
+        seen: "collections.Counter[tuple]" = collections.Counter()
+        last_step, out_of_order, ids = {}, [], []
+        while len(seen) < 3 * BURST_TASKS:
+            message = await client.next(timeout=60)
+            assert message is not None, "the server closed the socket"
+            task_id = message.get("data", {}).get("task_id") or ""
+            if not task_id.startswith(prefix) or message["type"] not in steps:
+                continue
+            step = steps[message["type"]]
+            seen[(task_id, step)] += 1
+            if last_step.get(task_id, -1) >= step:
+                out_of_order.append((task_id, message["type"]))
+            last_step[task_id] = step
+            ids.append(tuple(int(part) for part in message["id"].split("-")))
+        await sending
+        assert out_of_order == []
+        assert ids == sorted(ids)
+        marker = f"{prefix}-marker"
+        await asyncio.to_thread(send_marker, broker.url, marker)
+        await client.wait_for(of_task(marker, "task_started"), timeout=30)
+        # Once the marker is here, anything sent twice would have come before it.
+        counts = collections.Counter(
+            (m["data"]["task_id"], m["type"]) for m in client.received
+            if m["type"] in steps and m["data"]["task_id"].startswith(prefix)
+            and m["data"]["task_id"] != marker)
+        assert len(counts) == 3 * BURST_TASKS and set(counts.values()) == {1}
+        client.close()
+    finally:
+        child.stop()
+
+
+def send_marker(broker_url: str, task_id: str) -> None:
+    app = Celery("burst-marker", broker=broker_url, set_as_current=False)
+    with app.events.default_dispatcher(hostname="burst-0@localhost") as dispatcher:
+        dispatcher.send("task-started", uuid=task_id)
+    app.close()

@@ -41,3 +41,26 @@ def test_values_json_cannot_encode_are_written_as_text_and_logged_once_per_type(
     assert len([text for text in warned if "Opaque" in text]) == 1
     assert len([text for text in warned if "set" in text]) == 1
     assert len([text for text in warned if " int," in text]) == 1
+
+
+def test_a_batch_is_written_in_order_once_per_key_and_survives_a_flushed_script_cache(
+        redis_server):
+    """`emit_many`: 601 events (two round trips of at most 500 scripts), a
+    key repeated inside the batch refused, and after SCRIPT FLUSH the next
+    batch is still written whole and in order."""
+    prefix = f"batch-{uuid.uuid4().hex[:8]}"
+    emitter = Emitter(redis_server.url, prefix=prefix)
+    client = redis.Redis.from_url(redis_server.url)
+
+    def started(n):
+        return ev.task_started(f"t-{n}", f"S-{n}"), f"t-{n}:task_started:0", None
+    emitter.emit_many([started(n) for n in range(600)] + [started(7)])
+    assert emitter.flush()
+    assert (emitter.written, emitter.duplicates, emitter.pending) == (600, 1, 0)
+    client.script_flush()
+    emitter.emit_many([started(n) for n in range(600, 900)])
+    assert emitter.flush()
+    assert (emitter.written, emitter.duplicates, emitter.pending) == (900, 1, 0)
+    history = client.xrange(Keys(prefix).history_stream)
+    assert [orjson.loads(fields[b"event"])["data"]["task_id"] for _, fields in history] == [
+        f"t-{n}" for n in range(900)]
