@@ -316,10 +316,10 @@ def main(argv=None) -> int:
         bench.close()
         bench.save()
     text = markdown(results)
-    print(text)
     if args.md:
         args.md.write_text(text)
     log(f"results: {bench.json_path}")
+    print(text)
     return 0
 
 
