@@ -45,7 +45,7 @@ def make_application(server, *, allowed_origins, max_message_size: int,
     args = {"server": server}
     return tornado.web.Application(
         [
-            (r"/ws/tasks/?", TaskSocketHandler, {**args, "allowed_origins": allowed_origins}),
+            (r"/ws/tasks/?", TaskSocketHandler, args),
             (r"/api/tasks/queue/status/?", QueueStatusHandler, args),
             (r"/api/tasks/stats/minutes/?", TaskMinutesHandler, args),
             (r"/api/tasks/?", TaskListHandler, args),

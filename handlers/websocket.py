@@ -42,74 +42,97 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
     `Connection` alone.
     """
 
-    def initialize(self, server, allowed_origins) -> None:
+    def initialize(self, server) -> None:
+        # Tornado's own attributes are 27 once the socket is open; CPython
+        # keeps an instance's attributes in a table shared by its class only
+        # while there are at most 29 (beyond, each socket gets a dict of its
+        # own, 1.3 KB more): so ours are two, the socket's state in slots.
         self.server = server
-        self.allowed_origins = allowed_origins
-        self.connection = None
-        self.session = None
-        self.bucket = None
-        self.token = self.last_event_id = None
-        self.release_slot = None  # a refused socket's hold on its address's connection slot
+        self.socket = SocketState()
 
-    async def get(self, *args, **kwargs) -> None:
+    def get(self, *args, **kwargs):
+        # Not a coroutine: Tornado awaits the upgrade's coroutine returned
+        # here, and no frame of ours stays suspended for the socket's lifetime.
         refusal = self.server.admission.refusal(self.request.remote_ip)
         if refusal is not None:
             write_envelope(self, *refusal, None)
-            return
+            return None
         # Read before the upgrade: a query argument that is not UTF-8 is a 400
         # here, not an exception in `open` after the 101.
         try:
-            self.token = (self.get_query_argument("token", None)
-                          or bearer_token(self.request.headers.get("Authorization")))
-            self.last_event_id = self.get_query_argument("last_event_id", None)
+            self.socket.token = (self.get_query_argument("token", None)
+                                 or bearer_token(self.request.headers.get("Authorization")))
+            self.socket.last_event_id = self.get_query_argument("last_event_id", None)
         except tornado.web.HTTPError:
             write_envelope(self, 400, "query arguments must be UTF-8", None)
-            return
-        await super().get(*args, **kwargs)
+            return None
+        return super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
-        return origin_allowed(origin, self.allowed_origins)
+        return origin_allowed(origin, self.settings["allowed_origins"])
 
     def open(self) -> None:
         # Tornado turns Nagle back on after the upgrade; small frames must not wait for ACKs.
         self.set_nodelay(True)
+        socket = self.socket
+        token, socket.token = socket.token, None
         try:
-            scope = self.server.admission.authenticate(self.token)
+            scope = self.server.admission.authenticate(token)
         except AuthError as exc:
             # Until its close handshake ends it still counts against its address:
             # sockets without a token cannot be piled up past the limit either.
-            self.release_slot = self.server.admission.hold_slot(self.request.remote_ip)
+            socket.release_slot = self.server.admission.hold_slot(self.request.remote_ip)
             self.close(close_codes.UNAUTHORIZED, str(exc))
             return
-        self.bucket = self.server.admission.action_bucket()
-        self.connection, self.session = self.server.connect(
+        socket.bucket = self.server.admission.action_bucket()
+        socket.connection, socket.session = self.server.connect(
             self.ws_connection.stream, self.close, self.request.remote_ip, scope)
         try:
+            self._forget_upgrade()
             self._start()
         except Exception:
             # Tornado would drop the stream without `on_close`: the socket would stay counted.
             log.exception("opening a client socket failed; closing it with %d",
                           close_codes.INTERNAL_ERROR)
-            self.connection.close(*close_codes.FAILED)
+            self.socket.connection.close(*close_codes.FAILED)
+
+    def _forget_upgrade(self) -> None:
+        """Drop what Tornado keeps of the upgrade for the socket's whole life
+        and nothing reads once it is open (about 2 KB a socket): the request's
+        headers, arguments and body and its HTTP connection objects (detached
+        since the 101, each with its finished request loop), and the headers
+        of the 101, written already. Kept: the method, URI, path and client
+        address that the logs name."""
+        request = self.request
+        # `clear`, not a new object: Tornado's `get`, suspended until the socket
+        # closes, holds the same headers object in a local variable.
+        request.headers.clear()
+        request.arguments, request.query_arguments, request.body_arguments = {}, {}, {}
+        request.files, request.body = {}, b""
+        request.connection = request.server_connection = None
+        self._headers.clear()
 
     def _start(self) -> None:
-        if self.last_event_id is None:
-            self.server.join(self.connection, self.session)
+        socket = self.socket
+        last_event_id, socket.last_event_id = socket.last_event_id, None
+        if last_event_id is None:
+            self.server.join(socket.connection, socket.session)
             return
         try:
-            action = messages.parse_resume_argument(self.last_event_id)
+            action = messages.parse_resume_argument(last_event_id)
         except ProtocolError as exc:
-            self.server.join(self.connection, self.session)
+            self.server.join(socket.connection, socket.session)
             self._reply(messages.ERROR, messages.frame(exc.reply()))
             return
-        self.server.start_resume(self.connection, self.session, action.last_event_id)
+        self.server.start_resume(socket.connection, socket.session, action.last_event_id)
 
     def on_message(self, frame):
         # Refused in `open`, or closing: Tornado still hands over what arrives
         # until the client's close frame; none of it is acted on or counted.
-        if self.connection is None or self.connection.state is not OPEN:
+        socket = self.socket
+        if socket.connection is None or socket.connection.state is not OPEN:
             return None
-        if not self.bucket.take(time.monotonic()):
+        if not socket.bucket.take(time.monotonic()):
             return self._rate_limited()
         return self._handle(frame)
 
@@ -121,21 +144,23 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
             return None
 
     def _rate_limited(self):
-        if self.bucket.flooding:
+        bucket = self.socket.bucket
+        if bucket.flooding:
             self.server.admission.count_refused("flood")
             stream = self.ws_connection.stream  # Tornado forgets it on close
-            self.connection.close(*close_codes.RATE_LIMIT)
+            self.socket.connection.close(*close_codes.RATE_LIMIT)
             return _until_closed(stream)
         self.server.admission.count_refused("rate")
         self._reply(messages.ERROR, messages.frame(messages.error(
-            messages.RATE_LIMITED, f"more than {self.bucket.rate:g} actions per second; "
+            messages.RATE_LIMITED, f"more than {bucket.rate:g} actions per second; "
                                    "slow down or the socket is closed")))
 
     def _act(self, action: messages.Action):
         """Run one action; an awaitable for those that read Redis (Tornado
         awaits it before the next frame, so replies keep the actions' order)."""
+        connection, session = self.socket.connection, self.socket.session
         if action.name == "get_queue_status":
-            self._reply(messages.QUEUE_STATUS, self.server.queue_status_frame(self.session.scope))
+            self._reply(messages.QUEUE_STATUS, self.server.queue_status_frame(session.scope))
         elif action.name == "ping":
             self._reply(messages.PONG, messages.frame(messages.pong(time.time())))
         elif action.name == "subscribe":
@@ -143,24 +168,23 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
         elif action.name == "get_task":
             return self._get_task(action.task_id)
         elif action.name == "resume":
-            self.server.start_resume(self.connection, self.session, action.last_event_id)
+            self.server.start_resume(connection, session, action.last_event_id)
         elif action.name == "refresh":
-            scope, reply = self.server.admission.refresh(self.connection, self.session.scope,
-                                                         action.token)
-            self.server.hub.rescope(self.session, scope)
+            scope, reply = self.server.admission.refresh(connection, session.scope, action.token)
+            self.server.hub.rescope(session, scope)
             self._reply(messages.REFRESHED, reply)
         return None
 
     async def _subscribe(self, action: messages.Action) -> None:
         try:
-            await self.server.subscribe(self.session, action.task_ids, action.avids)
+            await self.server.subscribe(self.socket.session, action.task_ids, action.avids)
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
 
     async def _get_task(self, task_id: str) -> None:
         try:
             record = await asyncio.wait_for(
-                self.server.records.find(task_id, self.session.scope), RECORD_READ_TIMEOUT)
+                self.server.records.find(task_id, self.socket.session.scope), RECORD_READ_TIMEOUT)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._unavailable(exc)
             return
@@ -178,22 +202,23 @@ class TaskSocketHandler(tornado.websocket.WebSocketHandler):
                                   "still arrive, try again")))
 
     def on_close(self) -> None:
-        if self.connection is not None:
-            self.connection.lost()
-        if self.release_slot is not None:
-            self.release_slot()
-            self.release_slot = None
+        socket = self.socket
+        if socket.connection is not None:
+            socket.connection.lost()
+        if socket.release_slot is not None:
+            socket.release_slot()
+            socket.release_slot = None
 
     def on_pong(self, data: bytes) -> None:
-        if self.connection is not None:
-            self.connection.pong()
+        if self.socket.connection is not None:
+            self.socket.connection.pong()
 
     def on_ping(self, data: bytes) -> None:
-        if self.connection is not None:
-            self.connection.tornado_wrote()  # Tornado has just written its pong
+        if self.socket.connection is not None:
+            self.socket.connection.tornado_wrote()  # Tornado has just written its pong
 
     def _reply(self, kind: str, frame: bytes) -> None:
-        self.connection.write(frame)
+        self.socket.connection.write(frame)
         self.server.metrics.sent_of(kind).inc()
 
     def log_exception(self, typ, value, tb) -> None:
@@ -210,3 +235,17 @@ def _until_closed(stream) -> asyncio.Future:
     if stream.closed():
         closed.set_result(None)
     return closed
+
+
+class SocketState:
+    """What the handler keeps of one socket (slots: see `initialize`). Read
+    before the upgrade: `token`, `last_event_id`, cleared once used. Once
+    open: its `Connection`, `Session` and action `bucket`; `release_slot`
+    for a socket refused in `open` (its hold on its address's slot)."""
+
+    __slots__ = ("token", "last_event_id", "connection", "session", "bucket", "release_slot")
+
+    def __init__(self):
+        self.token = self.last_event_id = None
+        self.connection = self.session = self.bucket = self.release_slot = None
+

@@ -44,10 +44,12 @@ class Hub:
         # delivery), those sessions, and the others. Rebuilt lazily after a
         # session joins, leaves or changes mode.
         self._split: Optional[Tuple[tuple, Tuple[Session, ...], Tuple[Session, ...]]] = None
+        # Bound once, not once per session (64 bytes each).
+        self._invalidate_split = self._invalidate
 
     def add(self, session: Session) -> None:
         self._sessions.add(session)
-        session.on_mode_change = self._invalidate
+        session.on_mode_change = self._invalidate_split
         if session.scope.sees_everything:
             self._everyone.add(session)
             self._split = None
