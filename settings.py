@@ -15,8 +15,8 @@ import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from notify_server.access.auth import MIN_SECRET_LENGTH
-from notify_server.config import (AccessConfig, CeleryConfig, RecordsConfig, RedisConfig,
-                                  ServerConfig, SocketConfig)
+from notify_server.config import (AccessConfig, CeleryConfig, MetricsConfig, RecordsConfig,
+                                  RedisConfig, ServerConfig, SocketConfig)
 from notify_server.protocol.names import DEFAULT_SENTINEL_MASTER, parse_addresses
 from notify_server.redis_io.clients import RedisLocation, sentinel_broker_url
 
@@ -193,6 +193,18 @@ def _json_object(value: str) -> dict:
     return parsed
 
 
+def _buckets(value: str) -> tuple:
+    try:
+        bounds = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        bounds = ()
+    if not bounds or not all(math.isfinite(b) and b > 0 for b in bounds) or any(
+            later <= earlier for earlier, later in zip(bounds, bounds[1:])):
+        raise ValueError("must be increasing positive numbers of seconds, comma-separated, "
+                         "such as 0.1,1,10 (+Inf is added)")
+    return bounds
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -268,6 +280,13 @@ SETTINGS = (
             to="celery.owner_arg"),
     Setting("metrics_token", "NOTIFY_METRICS_TOKEN", str.strip,
             "bearer token `/metrics` requires; unset leaves `/metrics` open", default=""),
+    Setting("metrics_hostname_label", "NOTIFY_METRICS_HOSTNAME_LABEL", _bool,
+            "label the `celery_task_*` counters and `celery_task_runtime` by worker host "
+            "(`hostname`) as well as by task `name`: a series per name and host, hence off "
+            "(see [Metrics](#metrics))", to="metrics.hostname_label"),
+    Setting("metrics_runtime_buckets", "NOTIFY_METRICS_RUNTIME_BUCKETS", _buckets,
+            "upper bounds, in seconds, of `celery_task_runtime`'s buckets, comma-separated "
+            "and increasing (`+Inf` is added)", to="metrics.runtime_buckets"),
     Setting("max_connections", "NOTIFY_MAX_CONNECTIONS", _count(0, " (0: no limit)"),
             "open sockets in all; more get 503 before the upgrade (0: no limit)",
             to="access.max_connections"),
@@ -351,7 +370,8 @@ class _Derived:
     def server_config(self, instance: str) -> ServerConfig:
         """What the core needs; `redis_url` must be set (run.py fills it in).
         `instance` names this process (host:port:pid) to the others."""
-        parts = {"redis": {}, "celery": {}, "sockets": {}, "access": {}, "records": {}, "": {}}
+        parts = {"redis": {}, "celery": {}, "sockets": {}, "access": {}, "records": {},
+                 "metrics": {}, "": {}}
         for setting in SETTINGS:
             if setting.to is not None:
                 part, _, name = setting.to.rpartition(".")
@@ -366,6 +386,7 @@ class _Derived:
                             sockets=SocketConfig(**parts["sockets"]),
                             access=AccessConfig(**parts["access"]),
                             records=RecordsConfig(**parts["records"]),
+                            metrics=MetricsConfig(**parts["metrics"]),
                             instance=instance, **parts[""])
 
 
@@ -382,7 +403,9 @@ def _shown(value: Any) -> str:
         return "on" if value else "off"
     if value is None or (isinstance(value, (str, tuple, dict)) and not value):
         return "(unset)"
-    return f"`{','.join(value) if isinstance(value, tuple) else value}`"
+    if isinstance(value, tuple):
+        value = ",".join(item if isinstance(item, str) else f"{item:g}" for item in value)
+    return f"`{value}`"
 
 
 def config_table() -> str:

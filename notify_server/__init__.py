@@ -66,5 +66,6 @@ dashboard/                    the dashboard page, its script and the JS client (
 config.py                     ServerConfig and its parts: frozen, with defaults (pure)
 server.py                     NotifyServer: builds every part, wires their callbacks, runs them
 metrics.py                    Prometheus metrics of one server process
+celery_metrics.py             relayed events and the snapshot as celery-exporter's metrics (pure)
 children.py                   child processes the server starts, stopped with it
 """

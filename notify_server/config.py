@@ -9,6 +9,7 @@ here reads the environment.
 import dataclasses
 from typing import Mapping, Optional, Tuple
 
+from notify_server.celery_metrics import DEFAULT_RUNTIME_BUCKETS
 from notify_server.protocol.emit_script import (DEFAULT_FAILED_RETENTION, DEFAULT_MAX_RECORDS,
                                                 DEFAULT_RETENTION, DEFAULT_TIMELINE)
 from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG, DEFAULT_PREFIX,
@@ -82,6 +83,14 @@ class RecordsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    """The celery-exporter metrics: their labels and the runtime histogram's buckets."""
+
+    hostname_label: bool = False  # label task counters by worker host too (more series)
+    runtime_buckets: Tuple[float, ...] = DEFAULT_RUNTIME_BUCKETS  # seconds; +Inf is added
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Everything one server process needs, by part."""
 
@@ -90,6 +99,7 @@ class ServerConfig:
     sockets: SocketConfig = dataclasses.field(default_factory=SocketConfig)
     access: AccessConfig = dataclasses.field(default_factory=AccessConfig)
     records: RecordsConfig = dataclasses.field(default_factory=RecordsConfig)
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     leader_ttl: float = 5.0           # the poller lease
     instance: str = "notify-server"   # this process, as the lease and /readyz name it
 

@@ -1,14 +1,19 @@
 """Prometheus metrics of one server process (prometheus_client).
 
 One `Metrics` per `NotifyServer`, with its own registry: no module globals,
-so tests and several servers in one process do not collide.
+so tests and several servers in one process do not collide. Besides the
+server's own `notify_*` metrics it exports Celery's task metrics under
+celery-exporter's names (`celery_metrics` has their rules).
 """
 
 import asyncio
 from typing import Callable, Iterable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
+from notify_server.celery_metrics import FAILED, STATES, TaskCounter, queue_lengths, worker_gauges
+from notify_server.config import MetricsConfig
 from notify_server.protocol.stream import Event
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -16,7 +21,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5
 
 
 class Metrics:
-    def __init__(self, open_connections: Callable[[], int]):
+    """`celery_data()` is the queue data to export as celery-exporter's
+    gauges, or None while this process is not the one to export them."""
+
+    def __init__(self, open_connections: Callable[[], int],
+                 config: MetricsConfig = MetricsConfig(),
+                 celery_data: Callable[[], Optional[dict]] = lambda: None):
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.connections = Gauge("notify_open_connections", "Open WebSocket connections.",
@@ -66,6 +76,19 @@ class Metrics:
         self.loop_lag = Histogram("notify_event_loop_lag_seconds",
                                   "How late a 100 ms timer fires on the event loop.",
                                   buckets=LATENCY_BUCKETS, registry=registry)
+        self._task_counter = TaskCounter(config.hostname_label)
+        labels = list(self._task_counter.label_names)
+        self.task_states = {
+            state: Counter(f"celery_task_{state}", f"Task events: {state}, counted once by "
+                           "the poller lease holder.",
+                           labels + (["exception"] if state == FAILED else []),
+                           registry=registry)
+            for state in STATES.values()}
+        self.task_runtime = Histogram("celery_task_runtime",
+                                      "Runtime in seconds of the tasks that succeeded.", labels,
+                                      buckets=config.runtime_buckets, registry=registry)
+        self._task_label_sets: set = set()
+        registry.register(_CeleryGauges(celery_data))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -107,6 +130,24 @@ class Metrics:
             if delta:
                 self.bridge_events.labels(outcome).inc(delta)
 
+    def task_events(self, events: Iterable[Event]) -> None:
+        """Count task events in celery-exporter's counters and runtime
+        histogram. The first event of a label set makes every state's
+        counter of it appear at 0 (`failed` with `exception=""`), as
+        celery-exporter does, so rates are 0 rather than absent."""
+        for event in events:
+            counted = self._task_counter.count(event)
+            if counted is None:
+                continue
+            if counted.labels not in self._task_label_sets:
+                self._task_label_sets.add(counted.labels)
+                for state, counter in self.task_states.items():
+                    counter.labels(*counted.labels, *([""] if state == FAILED else [])).inc(0)
+            extra = () if counted.exception is None else (counted.exception,)
+            self.task_states[counted.state].labels(*counted.labels, *extra).inc()
+            if counted.runtime is not None:
+                self.task_runtime.labels(*counted.labels).observe(counted.runtime)
+
     def poll(self, duration: float, error: Optional[str]) -> None:
         self.poll_duration.observe(duration)
         if error is not None:
@@ -119,3 +160,38 @@ class Metrics:
             expected = loop.time() + interval
             await asyncio.sleep(interval)
             self.loop_lag.observe(max(0.0, loop.time() - expected))
+
+
+class _CeleryGauges:
+    """celery-exporter's gauges, computed from `data()` at each scrape, so a
+    process that stops exporting them (it lost the lease) shows none."""
+
+    def __init__(self, data: Callable[[], Optional[dict]]):
+        self._data = data
+
+    def describe(self):
+        return self._families()
+
+    def collect(self):
+        families = self._families()
+        data = self._data()
+        if data is not None:
+            up, active = worker_gauges(data)
+            for host in sorted(up):
+                families[0].add_metric([host], up[host])
+                families[1].add_metric([host], active[host])
+            for queue, length in sorted(queue_lengths(data).items()):
+                families[2].add_metric([queue], length)
+        return families
+
+    @staticmethod
+    def _families():
+        return [GaugeMetricFamily("celery_worker_up",
+                                  "1 while the worker is online (from the lease holder).",
+                                  labels=["hostname"]),
+                GaugeMetricFamily("celery_worker_tasks_active",
+                                  "Tasks the worker is running (from the lease holder).",
+                                  labels=["hostname"]),
+                GaugeMetricFamily("celery_queue_length",
+                                  "Messages waiting in the broker queue (from the lease holder).",
+                                  labels=["queue_name"])]

@@ -78,7 +78,9 @@ class NotifyServer:
         # Every socket not yet CLOSED (open or closing): what shutdown waits for.
         self._connections: Set[Connection] = set()
         self._all_closed: Optional[asyncio.Event] = None  # set, while stopping, once none is left
-        self.metrics = Metrics(open_connections=lambda: len(self._connections))
+        # Celery's task metrics come from the lease holder only: one count per event in all.
+        self.metrics = Metrics(open_connections=lambda: len(self._connections),
+                               config=config.metrics, celery_data=self._celery_metrics_data)
         # Bound once: every socket keeps them (a bound method made per socket is 64 bytes).
         self._delivered = self.metrics.delivered
         self._slow_client_closed = self.metrics.slow_client_closed
@@ -311,6 +313,11 @@ class NotifyServer:
         data = self.queue.data()
         return None if data is None else with_workers(data, self._worker_table)
 
+    def _celery_metrics_data(self) -> Optional[dict]:
+        """The queue data celery-exporter's gauges show: while this process
+        holds the lease, else None (then another process exports them)."""
+        return self._queue_data() if self.lease.holds() else None
+
     def _send_queue_status(self, session: Session) -> None:
         session.write(self.queue_status_frame(session.scope))
         self.metrics.sent_of(messages.QUEUE_STATUS).inc()
@@ -323,6 +330,8 @@ class NotifyServer:
 
     def _on_events(self, events: List[Event]) -> None:
         self.metrics.broadcast(events, self.hub.publish(events), time.time())
+        if self.lease.holds():
+            self.metrics.task_events(events)
         if any(event.type in LIFECYCLE for event in events):
             self.poller.request_refresh()
 

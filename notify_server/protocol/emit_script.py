@@ -48,15 +48,42 @@ EMIT_SCRIPT = """
 local RANK = {%(ranks)s}
 local STATUS = {%(status)s}
 
-local function record(p, id)
+local function fields()
     local ok, given = pcall(cjson.decode, ARGV[5] or '')
-    if not ok or type(given) ~= 'table' then return end
+    if not ok or type(given) ~= 'table' then return nil end
     local f = {}
     for name, value in pairs(given) do
         if type(value) == 'string' then f[name] = value end
     end
+    if not RANK[f.type] or not f.task_id or f.task_id == '' then return nil end
+    return f
+end
+
+-- The event with a top-level "meta": the task's name, worker and, as it ends, its
+-- runtime, from RECORD or else the record so far (the servers' metrics read it).
+local function with_meta(p, f)
+    local event = ARGV[1]
+    if not f or string.sub(event, -1) ~= '}' then return event end
+    local cur = redis.call('HMGET', p .. 'task:' .. f.task_id, 'name', 'worker', 'attempt',
+                           'rank', 'started_at')
+    local m = {}
+    if f.name and f.name ~= '' then m.name = f.name elseif cur[1] then m.name = cur[1] end
+    if f.worker and f.worker ~= '' then m.worker = f.worker elseif cur[2] then m.worker = cur[2] end
+    if RANK[f.type] == 5 then
+        local runtime = tonumber(f.runtime)
+        local attempt = tonumber(f.attempt) or tonumber(cur[3])
+        if not runtime and cur[5] and tonumber(f.time) and attempt == tonumber(cur[3])
+                and (tonumber(cur[4]) or 0) < 5 then
+            runtime = math.max(0, tonumber(f.time) - tonumber(cur[5]))
+        end
+        if runtime then m.runtime = runtime end
+    end
+    if next(m) == nil then return event end
+    return string.sub(event, 1, -2) .. ',"meta":' .. cjson.encode(m) .. '}'
+end
+
+local function record(p, id, f)
     local rank = RANK[f.type]
-    if not rank or not f.task_id or f.task_id == '' then return end
     local key = p .. 'task:' .. f.task_id
     local conf = redis.call('HMGET', p .. 'tasks:config', 'retention', 'failed_retention',
                             'max', 'timeline')
@@ -191,9 +218,12 @@ local once = KEYS[3]
 if once and once ~= '' and not redis.call('SET', once, '1', 'NX', 'EX', ARGV[3]) then
     return false
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])
-redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
-if ARGV[4] and ARGV[4] ~= '' then record(ARGV[4], id) end
+local p = ARGV[4] or ''
+local f = p ~= '' and fields() or nil
+local event = f and with_meta(p, f) or ARGV[1]
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', event)
+redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(event, 2))
+if f then record(p, id, f) end
 return id
 """ % {"ranks": _LUA_TABLE, "status": _LUA_STATUS, "retention": DEFAULT_RETENTION,
        "failed_retention": DEFAULT_FAILED_RETENTION, "max_records": DEFAULT_MAX_RECORDS,

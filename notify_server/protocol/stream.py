@@ -27,7 +27,9 @@ class Event:
     it (`auth.Scope.sees`) and is never sent to clients. `frame` is the
     message as a WebSocket text frame, built at most once however many
     clients receive it. A `public` event (about a worker, not a task) is
-    for every client, whatever its scope or subscription.
+    for every client, whatever its scope or subscription. `meta` is what
+    the emit script added for the metrics (the task's name, worker,
+    runtime: docs/protocol.md 6.1), as written, or None; never sent either.
     """
 
     type: str
@@ -36,6 +38,7 @@ class Event:
     owner: Optional[str] = None
     _frame: Optional[bytes] = dataclasses.field(default=None, repr=False, compare=False)
     key: Optional[Tuple[int, int]] = dataclasses.field(default=None, repr=False, compare=False)
+    meta: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.id is not None and self.key is None:
@@ -60,7 +63,8 @@ def parse_event(payload: bytes, stream_id: Optional[str] = None) -> Event:
 
     `payload` is the JSON of ``{"type", "data"}`` (history entries) or
     ``{"id", "type", "data"}`` (channel messages), either with an optional
-    ``"owner"`` (a string; a whole number is taken as its decimal string).
+    ``"owner"`` (a string; a whole number is taken as its decimal string)
+    and ``"meta"`` (kept when it is an object: its fields are the metrics' to check).
     `stream_id`, when given, overrides any id in the payload. Raises
     `InvalidEvent`, also for an owner of another type: such an event cannot
     be scoped, so it reaches nobody rather than everybody.
@@ -83,7 +87,9 @@ def parse_event(payload: bytes, stream_id: Optional[str] = None) -> Event:
     owner = owner_text(message.get("owner"))
     if owner is None and message.get("owner") is not None:
         raise InvalidEvent("'owner' is not a string")
-    return Event(type=kind, data=data, id=event_id, owner=owner, key=key)
+    meta = message.get("meta")
+    return Event(type=kind, data=data, id=event_id, owner=owner, key=key,
+                 meta=meta if isinstance(meta, dict) else None)
 
 
 MAX_STREAM_PART = 2 ** 64 - 1

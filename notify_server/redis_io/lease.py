@@ -89,6 +89,12 @@ class Lease:
             self._valid_until = started + self.ttl * 2 / 3
         self._set(bool(held), holder, "another process holds the lease" if not held else "")
 
+    def holds(self) -> bool:
+        """Whether this process holds the lease now, by its own clock: `leading`,
+        and its last renewal still valid (a process that was paused knows here
+        that it lost the lease, before its next round tells it so)."""
+        return self.leading and self._clock() < self._valid_until
+
     async def release(self) -> None:
         """Give the lease up now (shutdown), so another process takes over at once."""
         was_leading, self.leading = self.leading, False

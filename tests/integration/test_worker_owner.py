@@ -126,7 +126,9 @@ def test_every_event_of_a_task_sent_with_user_id_has_that_top_level_owner(
                                            "task_completed"]
     assert all(e["owner"] == "alice" for e in stored)
     assert all("owner" not in e["data"] for e in stored)
-    assert all(list(e) == ["type", "data", "owner"] for e in stored)
+    # Beside them only the emit script's "meta" for the metrics (docs/protocol.md 6.1).
+    assert all(list(e) == ["type", "data", "owner", "meta"] for e in stored)
+    assert all(e["meta"]["name"] == DEMO_TASK for e in stored)
 
 
 def test_events_of_a_task_without_user_id_have_no_owner(worker, producer, redis_server):
@@ -137,7 +139,7 @@ def test_events_of_a_task_without_user_id_have_no_owner(worker, producer, redis_
 
     for stored in (events_of(redis_server.url, task_id), events_of(redis_server.url, none_id)):
         assert stored[-1]["type"] == "task_completed"
-        assert all(list(e) == ["type", "data"] for e in stored)
+        assert all(list(e) == ["type", "data", "meta"] for e in stored)
         assert all("owner" not in e["data"] for e in stored)
 
 
@@ -174,7 +176,7 @@ def test_live_channel_message_is_valid_json_with_id_and_top_level_owner(
         subscription.close()
         client.close()
 
-    assert all(list(m) == ["id", "type", "data", "owner"] for m in live)
+    assert all(list(m) == ["id", "type", "data", "owner", "meta"] for m in live)
     assert {m["owner"] for m in live} == {"alice"}
     assert all(m["id"] in stored_ids for m in live)
 

@@ -23,7 +23,7 @@ PURE_PACKAGES = ("notify_server.protocol", "notify_server.access", "notify_serve
 # Pure modules outside those packages (each must exist: the real-tree test checks).
 PURE_MODULES = ("notify_server.config", "notify_server.celery_io.bridge_mapping",
                 "notify_server.celery_io.bridge_rules", "notify_server.celery_io.bridge_wire",
-                "notify_server.redis_io.backoff")
+                "notify_server.redis_io.backoff", "notify_server.celery_metrics")
 IO_LIBRARIES = ("tornado", "redis", "celery", "kombu")
 ADAPTERS = tuple(f"notify_server.{name}" for name in (
     "redis_io", "celery_io", "edge", "worker", "dev", "server", "metrics", "children"))

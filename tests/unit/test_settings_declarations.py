@@ -31,7 +31,7 @@ def as_raw(value) -> str:
     if isinstance(value, dict):
         return json.dumps(value)
     if isinstance(value, tuple):
-        return ",".join(value)
+        return ",".join(str(item) for item in value)
     return "" if value is None else str(value)
 
 
