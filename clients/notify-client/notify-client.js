@@ -1,6 +1,10 @@
 /**
  * notify-client.js: a dependency-free client for notify-server's task socket.
  *
+ * The npm package `notify-client` (clients/notify-client/ of the repository;
+ * its types in index.d.ts), and the file the server serves as
+ * /static/notify-client.js.
+ *
  *     import { NotifyClient } from 'https://example.com/static/notify-client.js';
  *     const client = new NotifyClient();      // wss://example.com/ws/tasks/, found from this file's URL
  *     client.on('task_completed', (data) => console.log(data.avid, data.message));

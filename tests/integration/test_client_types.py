@@ -131,6 +131,25 @@ def test_a_strict_consumer_of_the_client_api_compiles(tmp_path):
     assert typecheck(tmp_path, {"consumer.ts": CONSUMER.read_text()}) == ""
 
 
+# What the README's hook uses of React, declared as @types/react does (React ships no types).
+REACT_STUB = """\
+declare module 'react' {
+  type SetState<S> = (value: S | ((previous: S) => S)) => void;
+  export function useState<S>(initial: S | (() => S)): [S, SetState<S>];
+  export function useEffect(effect: () => void | (() => void),
+                            deps?: readonly unknown[]): void;
+}
+"""
+
+
+def test_the_readmes_react_hook_compiles_against_the_declarations(tmp_path):
+    readme = (CLIENT_DIR.parents[1] / "README.md").read_text()
+    [hook] = [block for block in re.findall(r"^```ts\n(.*?)^```", readme, re.S | re.M)
+              if "export function useTaskEvents" in block]
+    errors = typecheck(tmp_path, {"react.d.ts": REACT_STUB, "useTaskEvents.ts": hook})
+    assert errors == "", cited(errors, hook)
+
+
 def test_the_modules_exports_are_the_declared_ones_and_its_close_codes_the_servers(tmp_path):
     try:
         result = subprocess.run(
