@@ -5,7 +5,7 @@ import re
 import tornado.web
 from tornado.log import access_log
 
-from .dashboard import STATIC_DIR, DashboardHandler, StaticHandler
+from .dashboard import CLIENT_DIR, CLIENT_FILE, STATIC_DIR, DashboardHandler, StaticHandler
 from .envelope import ApiNotFoundHandler
 from .health import LivenessHandler, ReadinessHandler
 from .metrics import MetricsHandler
@@ -56,6 +56,7 @@ def make_application(server, *, allowed_origins, max_message_size: int,
             (r"/readyz", ReadinessHandler, {**args, "metrics_token": metrics_token}),
             (r"/metrics", MetricsHandler, {**args, "metrics_token": metrics_token}),
             (r"/", DashboardHandler),
+            (rf"/static/({re.escape(CLIENT_FILE)})", StaticHandler, {"path": str(CLIENT_DIR)}),
             (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
         ],
         allowed_origins=tuple(allowed_origins),

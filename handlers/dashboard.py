@@ -1,16 +1,21 @@
 """The dashboard page at `/` and its static files at `/static/...`.
 
 Every URL the page uses is relative to the page, so the same files work at
-`/` and under a reverse proxy's path prefix (`/tasks-monitor/`).
+`/` and under a reverse proxy's path prefix (`/tasks-monitor/`). The JS
+client is the npm package's own file (`clients/notify-client/`), served as
+`/static/notify-client.js` beside the dashboard's: one file, never a copy.
 """
 
 from pathlib import Path
 
 import tornado.web
 
-DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "notify_server" / "dashboard"
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD_DIR = ROOT / "notify_server" / "dashboard"
 STATIC_DIR = DASHBOARD_DIR / "static"
 PAGE = DASHBOARD_DIR / "index.html"
+CLIENT_DIR = ROOT / "clients" / "notify-client"
+CLIENT_FILE = "notify-client.js"
 
 # Scripts, styles and the socket come from this server only: no CDN, no inline script.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; "

@@ -62,7 +62,7 @@ worker/hook.py                install(app): Celery signals in, task events out
 dev/                          for development only
 dev/demo.py                   the demo Celery app and its task producer
 dev/embedded_redis.py         a private redis-server for when no Redis is configured
-dashboard/                    the dashboard page, its script and the JS client (static files)
+dashboard/                    the dashboard page, scripts and styles (its JS client: clients/)
 config.py                     ServerConfig and its parts: frozen, with defaults (pure)
 server.py                     NotifyServer: builds every part, wires their callbacks, runs them
 metrics.py                    Prometheus metrics of one server process

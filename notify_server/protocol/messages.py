@@ -22,6 +22,9 @@ ERROR = "error"
 RESYNC = "resync"
 REFRESHED = "refreshed"
 TASK = "task"
+# Every type of message the server builds itself (events are `task_events`'):
+# the complete list, which the JS client's declarations are checked against.
+TYPES = (QUEUE_STATUS, PONG, ERROR, RESYNC, REFRESHED, TASK)
 
 # Stable error codes of `error` replies (docs/protocol.md, section 2.4).
 INVALID_JSON = "invalid_json"
@@ -36,6 +39,9 @@ INVALID_TOKEN = "invalid_token"
 AUTH_DISABLED = "auth_disabled"
 NOT_FOUND = "not_found"
 UNAVAILABLE = "unavailable"
+ERROR_CODES = (INVALID_JSON, NOT_AN_OBJECT, BINARY_NOT_SUPPORTED, MISSING_ACTION, UNKNOWN_ACTION,
+               INVALID_ARGUMENT, RESUME_IN_PROGRESS, RATE_LIMITED, INVALID_TOKEN, AUTH_DISABLED,
+               NOT_FOUND, UNAVAILABLE)
 
 MAX_TASK_ID = 255
 

@@ -26,7 +26,7 @@ EXTERNAL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|//|#)", re.IGNORECASE)
 
 # Where code and docs live: they cite docs/protocol.md, never the external contract that a
 # clone does not have (`../shared/PROTOCOL.md`, cited as "PROTOCOL.md section N").
-CITING_PLACES = ("README.md", "docs", "notify_server", "handlers")
+CITING_PLACES = ("README.md", "docs", "notify_server", "handlers", "clients")
 STALE_REFERENCE = "PROTOCOL.md"  # case-sensitive: docs/protocol.md does not match
 
 
@@ -116,7 +116,8 @@ def citing_files() -> list:
         elif path.is_dir():
             files.extend(sorted(item for item in path.rglob("*")
                                 if item.is_file() and "__pycache__" not in item.parts
-                                and item.suffix in (".py", ".md", ".js", ".html", ".css")))
+                                and "node_modules" not in item.parts
+                                and item.suffix in (".py", ".md", ".js", ".ts", ".html", ".css")))
     return files
 
 

@@ -1,6 +1,10 @@
 /**
  * notify-client.js: a dependency-free client for notify-server's task socket.
  *
+ * The npm package `notify-client` (clients/notify-client/ of the repository;
+ * its types in index.d.ts), and the file the server serves as
+ * /static/notify-client.js.
+ *
  *     import { NotifyClient } from 'https://example.com/static/notify-client.js';
  *     const client = new NotifyClient();      // wss://example.com/ws/tasks/, found from this file's URL
  *     client.on('task_completed', (data) => console.log(data.avid, data.message));
@@ -72,6 +76,19 @@
  */
 
 const SOCKET_PATH = '../ws/tasks/';
+
+/**
+ * The codes the server closes a socket with (docs/protocol.md 2.6), named as
+ * the server names them: `if (detail.code === CloseCode.UNAUTHORIZED) ...`.
+ */
+export const CloseCode = Object.freeze({
+  GOING_AWAY: 1001,      // shutting down, or no pong: reconnect and resume
+  POLICY: 1008,          // actions over the rate limit: reconnect later
+  TOO_BIG: 1009,         // an inbound frame over the size limit
+  INTERNAL_ERROR: 1011,  // a delivery failed: reconnect and resume
+  UNAUTHORIZED: 4001,    // no valid token, or it expired: a new token first
+  SLOW: 4008,            // unread output over the limit: reconnect and resume
+});
 
 /** The ws:// or wss:// URL of `path` resolved against `base` (an http(s) or ws(s) URL). */
 export function socketUrl(path, base) {
