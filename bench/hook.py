@@ -78,6 +78,7 @@ COUNTER = "bench:hook:done"
 QUEUE = "celery"
 CONCURRENCY = 2
 EVENTS_PER_TASK = 2          # the hook's task_started and task_completed
+HISTORY_MAXLEN = 1000000     # the hook's history keeps every event of a case (checked)
 GOAL_THROUGHPUT = 0.95       # "within 5 % of plain on throughput"
 GOAL_EVENT_US = 50.0         # "at most 50 µs of worker CPU per event"
 
@@ -99,12 +100,12 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def checkout_state(root: Path) -> dict:
-    """The commit of a checkout and its uncommitted changes to the worker's code."""
+def checkout_state(root: Path, paths=("notify_server",)) -> dict:
+    """The commit of a checkout and its uncommitted changes under `paths`."""
     def git(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.rstrip()
-    changed = git("status", "--porcelain", "--", "notify_server")
+    changed = git("status", "--porcelain", "--", *paths)
     return {"path": str(root), "commit": git("rev-parse", "--short", "HEAD").strip(),
             "branch": git("rev-parse", "--abbrev-ref", "HEAD").strip(),
             "uncommitted": sorted(line[3:] for line in changed.splitlines())}
@@ -144,7 +145,7 @@ class Worker:
         self.child = Child(f"{tag}-worker", argv, log_dir=log_dir, cwd=root, env={
             "PYTHONPATH": f"{APPS}{os.pathsep}{root}", "BENCH_BROKER_URL": broker_url,
             "BENCH_HOOK": "1" if spec["hook"] else "0", "BENCH_COUNTER": COUNTER,
-            "BENCH_TASKS": str(tasks)})
+            "BENCH_TASKS": str(tasks), "NOTIFY_HISTORY_MAXLEN": str(HISTORY_MAXLEN)})
         self.started = time.monotonic()
         self.seen: set = {self.child.pid}
 
@@ -210,11 +211,16 @@ class HookBench:
                 log(f"   round {index + 1} {name:13} {brief(this['cases'][name])}")
             self.save(result)
         summarise(result)
+        self.save(result)
         if args.profile:
             result["profiles"] = {}
             for name in args.profile_variants.split(","):
-                if name in self.variants:
+                if name not in self.variants:
+                    continue
+                try:
                     result["profiles"][name] = self.profile(name)
+                except Exception as exc:  # a failed profile must not lose the rounds
+                    log(f"   profile {name} failed: {type(exc).__name__}: {exc}")
         result["meta"]["finished"] = now_iso()
         result["meta"]["load_average_at_end"] = [round(n, 2) for n in os.getloadavg()]
         return result
@@ -304,7 +310,7 @@ class HookBench:
         return int(self.broker.get(COUNTER) or 0)
 
     def profile(self, variant: str) -> dict:
-        into = self.args.json.parent / "profiles"
+        into = self.log_dir / "profiles"
         tag = f"profile-{variant}"
         log(f"-- profile: {variant}, {self.args.profile_tasks} tasks, py-spy on the pool children")
         case = self.case(variant, self.args.profile_tasks, tag, profile_into=into)
