@@ -287,6 +287,19 @@ class FlowerConsumer(Consumer):
         return self.child.ps
 
 
+# What kombu (our bridge helper) and Flower log when the broker drops their event
+# subscription, e.g. Redis closing a subscriber over its pub/sub output buffer limit.
+DISCONNECT_LINES = ("Connection to broker lost", "Failed to capture events")
+
+
+def broker_disconnects(log_path: Path) -> int:
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return -1
+    return sum(text.count(line) for line in DISCONNECT_LINES)
+
+
 def cpu_of(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
@@ -453,20 +466,18 @@ class FlowerBench:
             time.sleep(self.args.poll)
 
     def case(self, name: str, rate: float, tag: str, profile_into: Optional[Path] = None) -> dict:
-        args = self.args
         self.broker.flushall()
         consumer = self.start(name, tag)
         try:
-            return self.burst(consumer, rate, tag, profile_into)
+            case = self.burst(consumer, rate, tag, profile_into)
         finally:
             if self.recording is not None:
                 self.recording.stop()
                 self.recording = None
             consumer.stop()
             self.consumer = None
-            log_lines = consumer.child.log_tail(200).splitlines()
-            if args.verbose:
-                log("\n".join(log_lines[-10:]))
+        case["broker_disconnects"] = broker_disconnects(consumer.child.log_path)
+        return case
 
     def warm_up(self, consumer: Consumer, tries: int = 5) -> int:
         """Send warm-up tasks until the consumer handles all of one batch (it
@@ -595,9 +606,9 @@ def brief(case: dict) -> str:
 
 # -- summary ---------------------------------------------------------------------------
 
-FIELDS = ("handled", "lost", "kept_up_rate", "throughput", "last_send_to_last_handled_s",
-          "cpu_per_event_us", "net_cpu_per_event_us", "core_pct_in_burst",
-          "redis_cpu_us_per_event")
+FIELDS = ("handled", "lost", "broker_disconnects", "kept_up_rate", "throughput",
+          "last_send_to_last_handled_s", "cpu_per_event_us", "net_cpu_per_event_us",
+          "core_pct_in_burst", "redis_cpu_us_per_event")
 LAG_FIELDS = ("p50_ms", "p99_ms", "max_ms")
 
 
@@ -685,12 +696,16 @@ def markdown(result: dict) -> str:
            "(psutil) of the measured process from the burst's start to its last event handled, "
            "per event handled; *net* subtracts its rate in the idle window just before the "
            "burst. *Kept up*: events handled during the burst / its length. *Throughput*: "
-           "events handled / the time to the last one. Lost: not handled within "
+           "events handled / the time to the last one. *Subscription lost*: the times the "
+           "consumer's log says the broker dropped its event subscription (Redis closes a "
+           "subscriber that lets more than its pub/sub output buffer limit pile up). Lost: "
+           "not handled within "
            f"{config['catch_up_s']:g} s of the last send, or after {config['stall_s']:g} s "
            f"without progress. {config['rounds']} round(s); per rate the consumers' order "
            "alternates from round to round; medians, each round in brackets.", ""]
-    out += ["| rate ev/s | consumer | handled / lost | kept up ev/s | throughput ev/s "
-            "| last send → last handled s | lag p50 / p99 / max ms | CPU µs/event (net) "
+    out += ["| rate ev/s | consumer | handled / lost (subscription lost) | kept up ev/s "
+            "| throughput ev/s | last send → last handled s | lag p50 / p99 / max ms "
+            "| CPU µs/event (net) "
             "| % of a core | follows |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for rate in config["rates"]:
         for consumer in CONSUMERS:
@@ -700,6 +715,7 @@ def markdown(result: dict) -> str:
                 continue
             out.append(
                 f"| {rate:,.0f} | {consumer} | {_cell(cell, 'handled')} / {_cell(cell, 'lost')} "
+                f"({_cell(cell, 'broker_disconnects')}) "
                 f"| **{_cell(cell, 'kept_up_rate')}** | {_cell(cell, 'throughput')} "
                 f"| {_cell(cell, 'last_send_to_last_handled_s', 2)} "
                 f"| {_f(cell['p50_ms'])} / **{_cell(cell, 'p99_ms')}** / {_f(cell['max_ms'])} "
@@ -788,7 +804,6 @@ def parse_args(argv):
     parser.add_argument("--profile-consumers", default="bridge")
     parser.add_argument("--profile-rate", type=float, default=5000.0)
     parser.add_argument("--label", default="", help="said in the Markdown's title")
-    parser.add_argument("--verbose", action="store_true", help="show each consumer's log tail")
     parser.add_argument("--json", type=Path, default=OUT / "flower.json")
     parser.add_argument("--md", type=Path, default=BENCH / "RESULTS-flower.md")
     args = parser.parse_args(argv)
