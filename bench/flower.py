@@ -813,6 +813,7 @@ def parse_args(argv):
     if set(args.profile_consumers.split(",")) - set(CONSUMERS):
         parser.error(f"--profile-consumers: of {', '.join(CONSUMERS)}")
     args.root = args.root.resolve()
+    args.json, args.md = args.json.resolve(), args.md.resolve()  # py-spy runs elsewhere
     return args
 
 

@@ -507,6 +507,7 @@ def parse_args(argv):
     if args.tasks < 2 or args.rounds < 1 or args.profile_tasks < 2:
         parser.error("need --tasks >= 2, --profile-tasks >= 2, --rounds >= 1")
     args.root = args.root.resolve()
+    args.json, args.md = args.json.resolve(), args.md.resolve()  # py-spy runs elsewhere
     args.compare_root = args.compare_root.resolve() if args.compare_root else None
     return args
 
