@@ -348,6 +348,7 @@ async def test_subscribing_at_any_point_of_a_fast_stream_neither_repeats_nor_los
                 emitter.emit(events.task_progress(task_id, "S", step, steps, ""))
                 time.sleep(0.002)   # pacing the writer so the subscribe lands mid-stream
             emitter.emit(events.task_completed(task_id, "S", "ok"))
+            assert emitter.flush()  # written before the marker that follows
 
         writer = threading.Thread(target=publish, daemon=True)
         writer.start()
