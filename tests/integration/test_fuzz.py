@@ -173,6 +173,7 @@ class FuzzTarget:
         emitter = Emitter(self.redis_url)
         for number in range(count):
             emitter.emit(task_events.task_progress(f"{tag}-{number}", tag, number, count, ""))
+        assert emitter.flush()
         history = redis.Redis.from_url(self.redis_url)
         self.history_ids = [entry_id.decode() for entry_id, _ in
                             history.xrange(Keys().history_stream)]

@@ -57,6 +57,7 @@ async def test_resume_during_a_burst_gives_one_ordered_stream_without_gaps(
                                    and m["data"]["avid"] == "BURST")
     watcher.close()
     emit_numbered(emitter, 1, 3000, "BURST")
+    assert emitter.flush(30)  # in the history before the live events that follow
 
     live = threading.Thread(target=emit_numbered, args=(Emitter(redis_server.url), 3001, 1000,
                                                         "BURST"))

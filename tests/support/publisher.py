@@ -13,8 +13,9 @@ class Publisher:
     (XADD and PUBLISH with an id, as a Celery worker does) at `rate` per
     second, on its own thread, until `stop` or `limit` events.
 
-    `emitted` is how many `emit` calls returned; with Redis up, that many
-    events are in the history. `stop` returns once the thread has ended.
+    `emitted` is how many `emit` calls returned. `stop` returns once the
+    thread has ended and the emitter has written them all: that many events
+    are then in the history.
     """
 
     def __init__(self, redis_url: str, tag: str, rate: float, limit: int):
@@ -34,7 +35,7 @@ class Publisher:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        assert self._emitter.pending == 0, f"{self._emitter.pending} events never reached Redis"
+        assert self._emitter.flush(10), f"{self._emitter.pending} events never reached Redis"
         return self.emitted
 
     @property
