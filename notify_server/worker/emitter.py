@@ -34,6 +34,12 @@ UNREPLICATED_LOG_EVERY = 60.0
 _FIRST_USE = threading.Lock()
 
 
+# The Redis clients a forked child inherited from its parent, kept from the
+# garbage collector: closing one takes its pool's lock, which a writer thread
+# of the parent may have held at the fork (then the child would wait forever).
+_INHERITED: List[redis.Redis] = []
+
+
 def _after_fork_in_child() -> None:
     global _FIRST_USE
     _FIRST_USE = threading.Lock()
@@ -184,6 +190,8 @@ class Emitter:
         with _FIRST_USE:
             if self._pid == os.getpid():
                 return
+            if self._pid is not None:  # forked: the parent's client is never used nor closed
+                _INHERITED.append(self._client_for_pipelines)
             # Oldest first; a batch in flight stays here until Redis answered it.
             self._queue: Deque[_Pending] = collections.deque()
             self._changed = threading.Condition(threading.Lock())

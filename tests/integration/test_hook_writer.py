@@ -11,6 +11,7 @@ import uuid
 from typing import Dict, List
 
 import orjson
+import psutil
 import redis
 from celery import Celery
 
@@ -38,7 +39,7 @@ def by_task(url: str) -> Dict[str, List[str]]:
 
 def wait_until_completed(url: str, task_ids: List[str], timeout: float = 60.0) -> None:
     """Block (XREAD) until every one of `task_ids` has its task_completed in the history."""
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=timeout + 5)
     waiting, cursor = set(task_ids), "0-0"
     while waiting:
         reply = client.xread({Keys().history_stream: cursor}, block=int(timeout * 1000))
@@ -142,3 +143,50 @@ def test_what_a_full_buffer_drops_during_an_outage_is_counted_and_logged(make_re
         assert "(90 dropped)" in worker.wait_for_line(r"Redis is back after .*").group(0)
     finally:
         assert worker.stop() == 0
+
+
+def test_a_pool_child_killed_mid_task_is_reported_and_its_replacement_writes_every_event(
+        make_redis):
+    """SIGKILL a child while its task runs: the parent reports the task
+    failed (WorkerLostError), and the child Celery forks in its place, while
+    the parent's writer thread is busy with that report, writes every event
+    of the tasks it runs next (before the fix it could hang for good on a
+    lock of the parent's Redis client held at the fork)."""
+    server = make_redis()
+    worker = worker_for(server.url, server.url, "--concurrency", "1")
+    producer = Celery("hook-writer-kill", broker=server.url, set_as_current=False)
+    try:
+        key = f"never-{uuid.uuid4().hex}"
+        victim = producer.send_task("hooked.gate", args=["KILLED", key]).id
+        wait_until_started(server.url, victim)
+        [child] = psutil.Process(worker.process.pid).children()
+        child.kill()
+        failed = wait_for_event(server.url, victim, "task_failed")
+        assert "WorkerLostError" in failed["data"]["message"]
+        after = send_steps(server.url, 12)
+        wait_until_completed(server.url, after, timeout=30)
+        assert_every_task_whole_and_in_order(server.url, after)
+    finally:
+        producer.close()
+        assert worker.stop() == 0
+
+
+def wait_for_event(url: str, task_id: str, kind: str, timeout: float = 30.0) -> dict:
+    """The first event of `kind` of `task_id` in the history, waiting (XREAD) for it."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout + 5)
+    cursor = "0-0"
+    try:
+        while True:
+            reply = client.xread({Keys().history_stream: cursor}, block=int(timeout * 1000))
+            assert reply, f"no {kind} of {task_id} within {timeout} s"
+            for entry_id, fields in reply[0][1]:
+                cursor = entry_id
+                event = orjson.loads(fields[b"event"])
+                if event["type"] == kind and event["data"]["task_id"] == task_id:
+                    return event
+    finally:
+        client.close()
+
+
+def wait_until_started(url: str, task_id: str) -> None:
+    wait_for_event(url, task_id, "task_started")
