@@ -540,8 +540,10 @@ def log(message: str) -> None:
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="M=100 and 1000, short steps")
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help=f"comma-separated, of: {', '.join(SYSTEMS)}")
+    parser.add_argument("--systems",
+                        default=",".join(n for n in SYSTEMS if n != "notify-server-base"),
+                        help=f"comma-separated, of: {', '.join(SYSTEMS)} "
+                             "(notify-server-base needs $NOTIFY_BENCH_BASE)")
     parser.add_argument("--sizes", help="comma-separated connection counts (overrides the mode)")
     parser.add_argument("--pin", action="store_true",
                         help="pin the server to CPU 0 and everything else to CPU 1 "

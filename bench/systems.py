@@ -5,6 +5,7 @@ process whose CPU and memory are measured (daphne's own PID for the peer).
 """
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, Tuple
@@ -43,6 +44,22 @@ def _start_ours(redis_url: str, log_dir: Path, tag: str, cpus=None, env=None) ->
     return child, f"ws://127.0.0.1:{port}/ws/tasks/"
 
 
+def _start_base(redis_url: str, log_dir: Path, tag: str, cpus=None, env=None) -> Tuple[Child, str]:
+    """This project's server from another checkout ($NOTIFY_BENCH_BASE, e.g. a
+    `git archive` of an older commit), for before-and-after in one run."""
+    base = os.environ.get("NOTIFY_BENCH_BASE")
+    if not base:
+        raise SystemExit("notify-server-base: set NOTIFY_BENCH_BASE to a checkout of the server")
+    port = free_port()
+    child = Child(f"{tag}-notify-server-base", [sys.executable, "run.py", "--host", "127.0.0.1",
+                                                "--port", str(port)],
+                  log_dir=log_dir, cwd=Path(base), cpus=cpus,
+                  env={"REDIS_URL": redis_url, "NOTIFY_LOG_LEVEL": "WARNING", **NO_LIMITS,
+                       "PYTHONPATH": base, **(env or {})})
+    wait_for_port(child, port)
+    return child, f"ws://127.0.0.1:{port}/ws/tasks/"
+
+
 def _start_baseline(redis_url: str, log_dir: Path, tag: str, cpus=None, env=None) -> Tuple[Child, str]:
     port = free_port()
     child = Child(f"{tag}-tornado-baseline",
@@ -75,6 +92,10 @@ SYSTEMS = {
     "notify-server": System(
         "notify-server", "this project: python run.py (Tornado), one Redis subscription",
         ("lua", "{redis}"), {}, _start_ours,
+        "emitter Lua script (XADD + PUBLISH), pipelined redis.asyncio"),
+    "notify-server-base": System(
+        "notify-server-base", "this project's server from $NOTIFY_BENCH_BASE (an older commit)",
+        ("lua", "{redis}"), {}, _start_base,
         "emitter Lua script (XADD + PUBLISH), pipelined redis.asyncio"),
     "channels-core": System(
         "channels-core", "peer: Django 5.2 + Channels 4 + channels_redis RedisChannelLayer, daphne",
