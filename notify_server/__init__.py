@@ -4,7 +4,7 @@ This is the map of the package, one line per subpackage and module; a module
 added without its line fails tests/unit/test_package_map.py. How the parts work
 together, and in which process each one runs: docs/architecture.md. Pure means
 no I/O and no Tornado, Redis, Celery or kombu import; the worker side needs
-only celery and redis; nothing here imports `handlers`, `settings` or `run`
+only celery, redis and orjson; nothing here imports `handlers`, `settings` or `run`
 (tests/unit/test_boundaries.py).
 
 protocol/                     the wire: message shapes, stream ids, frames (pure)
@@ -14,7 +14,7 @@ protocol/framing.py           WebSocket text frames, built once for every client
 protocol/messages.py          server replies built and encoded, client actions parsed
 protocol/names.py             Redis key names and defaults workers and servers share (stdlib)
 protocol/stream.py            events read from Redis, with their stream ids; frames joined
-protocol/task_events.py       task events as workers write them: shapes, subject, owner (stdlib)
+protocol/task_events.py       task events as workers write them: shapes, subject, owner (stdlib, orjson)
 access/                       who may connect and what they see (pure)
 access/admission.py           who is admitted: tokens, connection limits, rates, expiry
 access/auth.py                JWT tokens verified into scopes: the owners a client sees

@@ -1,15 +1,16 @@
 """Task events as workers write them: their shapes, their subject, their bytes.
 
-The worker side's half of the protocol (docs/protocol.md section 6), pure and
-standard-library only, so that `worker` and `emitter` run in a Celery worker
-that has only celery and redis installed. `messages` re-exports the builders:
+The worker side's half of the protocol (docs/protocol.md section 6), pure:
+the standard library and orjson only, so that `worker` and `emitter` run in
+a Celery worker that has only celery, redis and orjson installed. `messages` re-exports the builders:
 the server and the workers share one definition of each event shape.
 """
 
 import ast
-import json
 import math
 from typing import Any, Optional
+
+import orjson
 
 TASK_STARTED = "task_started"
 TASK_COMPLETED = "task_completed"
@@ -177,39 +178,45 @@ def revoked_text(expired: bool, terminated: bool, signum: Any) -> str:
     return "revoked"
 
 
+# Keys that are not strings as JSON's own module writes them ({1: x} as {"1": x});
+# dates and dataclasses are no JSON value: they go the way of any other object.
+_ORJSON_OPTIONS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+                   | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
 def encode_event(message: Any, replaced: Optional[set] = None) -> bytes:
     """An event as compact UTF-8 JSON, keys in the order the builders give.
 
-    The server parses it with orjson (`stream.parse_event`). JSON has no NaN
-    or infinity: such a float (say a progress of nan) is written as null, as
-    orjson would write it, rather than as a token the server rejects. A value
-    JSON cannot encode (an object, a set, bytes, an integer of more than 64
-    bits) is written as its text, capped like `safe_text`, and its type added
-    to `replaced` when given; never raises.
+    Encoded with orjson, as the server parses it (`stream.parse_event`): a
+    twentieth of the standard library's cost, on the worker's own CPU. JSON
+    has no NaN or infinity: such a float (say a progress of nan) is written
+    as null rather than as a token the server rejects. A value JSON cannot
+    encode (an object, a set, bytes, a date, an integer of more than 64 bits)
+    is written as its text, capped like `safe_text`, and its type added to
+    `replaced` when given; a string UTF-8 cannot hold (a lone surrogate) has
+    such characters replaced by "?"; never raises.
     """
     try:
-        text = _dumps(message)
-    except (ValueError, TypeError, RecursionError):
-        text = _dumps(_encodable(message, set() if replaced is None else replaced))
-    return text.encode("utf-8")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return orjson.dumps(message, option=_ORJSON_OPTIONS)
+    except (TypeError, ValueError, RecursionError):  # orjson.JSONEncodeError is a TypeError
+        return orjson.dumps(_encodable(message, set() if replaced is None else replaced),
+                            option=_ORJSON_OPTIONS)
 
 
 def _encodable(value: Any, replaced: set, depth: int = 0) -> Any:
     """`value` with what JSON cannot hold replaced: a non-finite float by
     None, anything else JSON has no form for by its capped text (its type
     added to `replaced`)."""
-    if value is None or isinstance(value, (str, bool)):
+    if isinstance(value, str):
+        return _utf8(value)
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, int) and -2 ** 63 <= value < 2 ** 64:
         return value
     if depth < 32 and isinstance(value, dict):
-        return {key if isinstance(key, str) else _text_of(key, replaced, 100):
+        return {_utf8(key) if isinstance(key, str) else _text_of(key, replaced, 100):
                 _encodable(item, replaced, depth + 1) for key, item in value.items()}
     if depth < 32 and isinstance(value, (list, tuple)):
         return [_encodable(item, replaced, depth + 1) for item in value]
@@ -218,4 +225,13 @@ def _encodable(value: Any, replaced: set, depth: int = 0) -> Any:
 
 def _text_of(value: Any, replaced: set, limit: int) -> str:
     replaced.add(type(value))
-    return safe_text(value, limit)
+    return _utf8(safe_text(value, limit))
+
+
+def _utf8(text: str) -> str:
+    """`text`, with what UTF-8 cannot hold (lone surrogates) as "?"."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")

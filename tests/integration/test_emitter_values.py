@@ -64,3 +64,17 @@ def test_a_batch_is_written_in_order_once_per_key_and_survives_a_flushed_script_
     history = client.xrange(Keys(prefix).history_stream)
     assert [orjson.loads(fields[b"event"])["data"]["task_id"] for _, fields in history] == [
         f"t-{n}" for n in range(900)]
+
+
+def test_a_lone_surrogate_is_written_as_a_question_mark_and_emit_does_not_raise(redis_server):
+    # "\ud800" is a str Python holds and UTF-8 cannot (a message decoded with
+    # errors="surrogateescape", say): encoding it raised from emit before.
+    prefix = f"surrogate-{uuid.uuid4().hex[:8]}"
+    emitter = Emitter(redis_server.url, prefix=prefix)
+    emitter.emit(ev.task_completed("t", "S-\ud800", "done \udcff"))
+    emitter.emit(ev.task_progress("t", "S-1", 1, 2, "after"))
+    assert emitter.flush()
+    history = redis.Redis.from_url(redis_server.url).xrange(Keys(prefix).history_stream)
+    data = [orjson.loads(fields[b"event"])["data"] for _, fields in history]
+    assert (data[0]["avid"], data[0]["message"]) == ("S-?", "done ?")
+    assert data[1]["message"] == "after"

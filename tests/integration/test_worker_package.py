@@ -19,7 +19,7 @@ from tests.support.client import WsClient, of_task
 from tests.support.processes import ROOT, Child
 from tests.support.tasks import unique_avid
 
-SERVER_ONLY = ("tornado", "prometheus_client", "orjson")
+SERVER_ONLY = ("tornado", "prometheus_client", "jwt")
 REPOSITORY_MODULES = ("settings", "handlers", "run", "tests", "bench")
 
 # A user's Celery app, in its own directory, as README's "one line" shows it.
@@ -127,7 +127,7 @@ def test_wheel_holds_the_notify_server_package_with_its_data_and_nothing_else(wh
     assert expected <= names, sorted(expected - names)
 
 
-def test_wheel_requires_celery_redis_and_hiredis_and_the_other_pins_only_for_the_server_extra(wheel):
+def test_wheel_requires_celery_redis_hiredis_orjson_and_the_rest_only_for_the_server_extra(wheel):
     with zipfile.ZipFile(wheel) as archive:
         [metadata] = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
         requires = email.parser.Parser().parsestr(
@@ -135,7 +135,7 @@ def test_wheel_requires_celery_redis_and_hiredis_and_the_other_pins_only_for_the
 
     base = {spec for spec in requires if ";" not in spec}
     server = {spec.split(";")[0].strip() for spec in requires if 'extra == "server"' in spec}
-    assert base == {"celery[redis]==5.6.3", "redis==8.1.0", "hiredis==3.5.0"}
+    assert base == {"celery[redis]==5.6.3", "redis==8.1.0", "hiredis==3.5.0", "orjson==3.13.0"}
     assert base | server == pins() and not base & server
     assert len(requires) == len(base) + len(server)
 

@@ -30,8 +30,8 @@ ADAPTERS = tuple(f"notify_server.{name}" for name in (
 # The web layer and the entry point, outside the package: they import it, never the reverse.
 ENTRY_POINTS = ("handlers", "settings", "run")
 WORKER = "notify_server.worker"
-# What a Celery worker has installed: this package, celery and redis (and the stdlib).
-WORKER_MAY_IMPORT = ("notify_server.protocol", WORKER, "celery", "redis")
+# What a Celery worker has installed: this package, celery, redis and orjson (and the stdlib).
+WORKER_MAY_IMPORT = ("notify_server.protocol", WORKER, "celery", "redis", "orjson")
 
 
 def within(name: str, prefix: str) -> bool:
@@ -87,7 +87,7 @@ def _entry_point_rule(module: str, line: int, name: str) -> Optional[str]:
 def _worker_rule(module: str, line: int, name: str) -> Optional[str]:
     if within(module, WORKER) and not worker_may_import(name):
         return (f"{module}:{line} imports {name}: the worker side has only "
-                "notify_server.protocol, the standard library, celery and redis")
+                "notify_server.protocol, the standard library, celery, redis and orjson")
     return None
 
 
@@ -167,7 +167,7 @@ def test_importing_the_web_layer_or_settings_is_reported(module, statement):
                for problem in violations(module, statement))
 
 
-@pytest.mark.parametrize("statement", ["import orjson", "import tornado.ioloop",
+@pytest.mark.parametrize("statement", ["import jwt", "import tornado.ioloop",
                                        "from notify_server.protocol.messages import Event\n"
                                        "from notify_server.redis_io import clients",
                                        "from notify_server import config", "import kombu",
