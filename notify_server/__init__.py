@@ -27,6 +27,12 @@ delivery/session.py           one client's filter, scope and held live events du
 records/                      task records: what clients see of them, how lists page (pure)
 records/query.py              a task list's filters checked, its bounds and cursors
 records/record.py             a record as clients get it, from the hash the script keeps
+alerts/                       failure alerts to webhooks: what, to whom, how often (pure)
+alerts/bodies.py              the bodies posted: plain JSON, or Slack's text and blocks
+alerts/budget.py              posts per webhook per minute: a token bucket, `now` handed in
+alerts/outbox.py              one webhook's next post in stream order; storm summaries, gaps
+alerts/rules.py               which history events are alerted: statuses and task names
+alerts/webhooks.py            NOTIFY_ALERT_WEBHOOKS parsed; URLs redacted for logs
 queue/                        the queue snapshot's rules (pure)
 queue/poll_outcome.py         what one inspect poll means: publish, poll again or stale
 queue/replies.py              inspect replies and queue depths as queue_status data

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "notify_server"
 # The rules, with no I/O: each of these packages must exist.
 PURE_PACKAGES = ("notify_server.protocol", "notify_server.access", "notify_server.delivery",
                  "notify_server.records",
-                 "notify_server.queue")
+                 "notify_server.queue", "notify_server.alerts")
 # Pure modules outside those packages (each must exist: the real-tree test checks).
 PURE_MODULES = ("notify_server.config", "notify_server.celery_io.bridge_mapping",
                 "notify_server.celery_io.bridge_rules", "notify_server.celery_io.bridge_wire",
