@@ -15,8 +15,10 @@ import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from notify_server.access.auth import MIN_SECRET_LENGTH
-from notify_server.config import (AccessConfig, CeleryConfig, MetricsConfig, RecordsConfig,
-                                  RedisConfig, ServerConfig, SocketConfig)
+from notify_server.alerts.rules import STATUS_TYPES
+from notify_server.alerts.webhooks import parse_webhooks
+from notify_server.config import (AccessConfig, AlertsConfig, CeleryConfig, MetricsConfig,
+                                  RecordsConfig, RedisConfig, ServerConfig, SocketConfig)
 from notify_server.protocol.names import DEFAULT_SENTINEL_MASTER, parse_addresses
 from notify_server.redis_io.clients import RedisLocation, sentinel_broker_url
 
@@ -55,6 +57,7 @@ class Setting:
     help: str                    # Markdown, as the README's table shows it
     to: Optional[str] = None
     default: Any = _UNSET
+    secret: bool = False         # an error names the variable, never echoes the value
 
     def __post_init__(self) -> None:
         if (self.to is None) == (self.default is _UNSET):
@@ -205,6 +208,13 @@ def _buckets(value: str) -> tuple:
     return bounds
 
 
+def _alert_statuses(value: str) -> tuple:
+    statuses = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    if not statuses or any(status not in STATUS_TYPES for status in statuses):
+        raise ValueError(f"must be one or more of {', '.join(STATUS_TYPES)}, comma-separated")
+    return statuses
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -344,6 +354,22 @@ SETTINGS = (
     Setting("task_max", "NOTIFY_TASK_MAX", _count(1, ""),
             "task records kept at most; beyond it the oldest finished ones go first",
             to="records.max_records"),
+    Setting("alert_webhooks", "NOTIFY_ALERT_WEBHOOKS", parse_webhooks,
+            "webhooks that failure alerts are posted to, comma-separated, each `url` (plain "
+            "JSON) or `slack=url` (a Slack incoming webhook); see [Alerts](#alerts)",
+            to="alerts.webhooks", secret=True),
+    Setting("alert_statuses", "NOTIFY_ALERT_STATUSES", _alert_statuses,
+            f"which events are alerted, comma-separated: {', '.join(STATUS_TYPES)}",
+            to="alerts.statuses"),
+    Setting("alert_tasks", "NOTIFY_ALERT_TASKS", _queue_names,
+            "task names alerted, comma-separated shell-style patterns such as `billing.*` "
+            "(unset: all; events without a task name match only then)", to="alerts.tasks"),
+    Setting("alert_per_minute", "NOTIFY_ALERT_PER_MINUTE", _count(1, ""),
+            "posts per webhook at once and per minute after; the alerts above it go in one "
+            "summary post", to="alerts.per_minute"),
+    Setting("alert_timeout", "NOTIFY_ALERT_TIMEOUT", _seconds(0, inclusive=False),
+            "seconds an alert post may take (connecting: at most 3) before it is retried",
+            to="alerts.timeout"),
     Setting("demo", "NOTIFY_DEMO", _bool,
             "also start a Celery worker on the demo app and a task producer", default=False),
 )
@@ -371,7 +397,7 @@ class _Derived:
         """What the core needs; `redis_url` must be set (run.py fills it in).
         `instance` names this process (host:port:pid) to the others."""
         parts = {"redis": {}, "celery": {}, "sockets": {}, "access": {}, "records": {},
-                 "metrics": {}, "": {}}
+                 "metrics": {}, "alerts": {}, "": {}}
         for setting in SETTINGS:
             if setting.to is not None:
                 part, _, name = setting.to.rpartition(".")
@@ -387,6 +413,7 @@ class _Derived:
                             access=AccessConfig(**parts["access"]),
                             records=RecordsConfig(**parts["records"]),
                             metrics=MetricsConfig(**parts["metrics"]),
+                            alerts=AlertsConfig(**parts["alerts"]),
                             instance=instance, **parts[""])
 
 
@@ -457,7 +484,8 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         try:
             values[setting.name] = setting.parse(raw)
         except ValueError as exc:
-            raise SettingError(f"{source}={raw!r}: {exc}") from None
+            shown = source if setting.secret else f"{source}={raw!r}"
+            raise SettingError(f"{shown}: {exc}") from None
     loaded = Settings(**values)
     if loaded.ping_interval > 0 and loaded.ping_timeout > loaded.ping_interval:
         if "ping_timeout" in given:

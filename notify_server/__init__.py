@@ -40,6 +40,7 @@ queue/snapshot.py             the format of the snapshot the leader shares throu
 queue/state.py                the last snapshot and whether it is current
 queue/views.py                what a scope sees of the data; the bridge's workers merged in
 redis_io/                     Redis adapters (redis.asyncio)
+redis_io/alert_sender.py      alerts posted to one webhook from the history, while leading
 redis_io/backoff.py           reconnect delays: exponential backoff with full jitter (pure)
 redis_io/clients.py           where Redis is: one URL, or the primary Sentinel names
 redis_io/history.py           reads of the event history stream, for gap fills and resumes

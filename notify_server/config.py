@@ -9,6 +9,7 @@ here reads the environment.
 import dataclasses
 from typing import Mapping, Optional, Tuple
 
+from notify_server.alerts.webhooks import Webhook
 from notify_server.celery_metrics import DEFAULT_RUNTIME_BUCKETS
 from notify_server.protocol.emit_script import (DEFAULT_FAILED_RETENTION, DEFAULT_MAX_RECORDS,
                                                 DEFAULT_RETENTION, DEFAULT_TIMELINE)
@@ -91,6 +92,17 @@ class MetricsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlertsConfig:
+    """Failure alerts: where they are posted, which events, how many (README "Alerts")."""
+
+    webhooks: Tuple[Webhook, ...] = ()      # none: no alerts
+    statuses: Tuple[str, ...] = ("failed",)  # names of `alerts.rules.STATUS_TYPES`
+    tasks: Tuple[str, ...] = ()             # fnmatch patterns on the task name; none: all
+    per_minute: int = 10                    # posts per webhook per minute, then summaries
+    timeout: float = 5.0                    # seconds a post may take (connecting: at most 3)
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Everything one server process needs, by part."""
 
@@ -100,6 +112,7 @@ class ServerConfig:
     access: AccessConfig = dataclasses.field(default_factory=AccessConfig)
     records: RecordsConfig = dataclasses.field(default_factory=RecordsConfig)
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = dataclasses.field(default_factory=AlertsConfig)
     leader_ttl: float = 5.0           # the poller lease
     instance: str = "notify-server"   # this process, as the lease and /readyz name it
 

@@ -73,6 +73,19 @@ class Metrics:
             "messages on the event channel it could not read (malformed).",
             ["outcome"], registry=registry)
         self._bridge_totals: dict = {}
+        self.alerts_sent = Counter("notify_alerts_sent",
+                                   "Alert posts a webhook answered with 2xx, by body format.",
+                                   ["format"], registry=registry)
+        self.alerts_failed = Counter("notify_alerts_failed",
+                                     "Alert posts that failed (connection, timeout, 5xx, 408, "
+                                     "429) and are retried.", registry=registry)
+        self.alerts_dropped = Counter("notify_alerts_dropped",
+                                      "Alert posts given up, by reason (http_<status>: another "
+                                      "status the webhook answered).", ["reason"],
+                                      registry=registry)
+        self.alerts_summarised = Counter("notify_alerts_summarised",
+                                         "Alerts above the per-minute budget, posted within a "
+                                         "summary.", registry=registry)
         self.loop_lag = Histogram("notify_event_loop_lag_seconds",
                                   "How late a 100 ms timer fires on the event loop.",
                                   buckets=LATENCY_BUCKETS, registry=registry)

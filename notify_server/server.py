@@ -20,6 +20,7 @@ from tornado.iostream import IOStream
 
 from notify_server.access.admission import Admission
 from notify_server.access.auth import EVERYONE, Scope
+from notify_server.alerts.rules import AlertRules
 from notify_server.celery_io.bridge import CeleryEventBridge
 from notify_server.celery_io.poller import QueuePoller
 from notify_server.config import ServerConfig
@@ -34,6 +35,7 @@ from notify_server.protocol.names import TASK_LISTS
 from notify_server.protocol.stream import Event
 from notify_server.queue.state import QueueState
 from notify_server.queue.views import for_scope, with_workers, workers_moved
+from notify_server.redis_io.alert_sender import AlertCounts, AlertSender
 from notify_server.redis_io.clients import RedisLocation
 from notify_server.redis_io.history import History
 from notify_server.redis_io.lease import Lease
@@ -67,8 +69,8 @@ EMPTY_QUEUE = {**{key: [] for key in TASK_LISTS}, "workers": [], "queues": [],
 class NotifyServer:
     """Owns every long-lived part: `admission` (who may connect), `hub`
     (fan-out), `relay` (the Redis subscription), `snapshot` (the shared
-    queue snapshot), `poller` and `bridge` (Celery), `lease`, `heartbeat`
-    and `metrics`."""
+    queue snapshot), `poller` and `bridge` (Celery), `lease`, `alerts` (a
+    sender per webhook), `heartbeat` and `metrics`."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -102,6 +104,7 @@ class NotifyServer:
             socket_connect_timeout=config.leader_ttl / 3, retry=Retry(NoBackoff(), 0))
         self.lease = Lease(self._lease_redis, keys.leader_key, config.instance,
                            config.leader_ttl, on_change=self._on_leadership)
+        self.alerts = self._alert_senders()
         self.snapshot = SharedSnapshot(self._lease_redis, keys, config.instance, self.queue,
                                        config.celery.poll_interval, config.leader_ttl,
                                        on_change=self._on_queue_change)
@@ -121,6 +124,20 @@ class NotifyServer:
         self._last_holder: Optional[str] = None
         self._tasks: List[asyncio.Task] = []
 
+    def _alert_senders(self) -> List[AlertSender]:
+        """One sender per alert webhook; each sends only while this process holds the lease."""
+        config, keys = self.config.alerts, self.config.redis.keys
+        rules = AlertRules(config.statuses, config.tasks)
+        metrics = self.metrics
+        counts = AlertCounts(sent=lambda format: metrics.alerts_sent.labels(format).inc(),
+                             failed=metrics.alerts_failed.inc,
+                             dropped=lambda reason: metrics.alerts_dropped.labels(reason).inc(),
+                             summarised=metrics.alerts_summarised.inc)
+        return [AlertSender(hook, self.redis, History(self.redis, keys.history_stream),
+                            keys.alert_position(hook.url), keys.leader_key, self.config.instance,
+                            rules, config.per_minute, config.timeout, self.lease.holds, counts)
+                for hook in config.webhooks]
+
     async def start(self, subscribe_timeout: float = 5.0) -> None:
         """Start the relay, the poller and the bridge. Returns once the events
         subscription is in place and the bridge receives Celery's events, or
@@ -133,7 +150,8 @@ class NotifyServer:
                        loop.create_task(self.lease.run()),
                        loop.create_task(self.snapshot.watch()),
                        loop.create_task(self.records.keep(lambda: self.lease.leading)),
-                       loop.create_task(self._sweep_closed())]
+                       loop.create_task(self._sweep_closed()),
+                       *(loop.create_task(sender.run()) for sender in self.alerts)]
         self.poller.start()
         if self.bridge is not None:
             self.bridge.start()
@@ -171,6 +189,8 @@ class NotifyServer:
             task.cancel()
         await _bounded("ending the relay, lease and timers",
                        asyncio.gather(*self._tasks, return_exceptions=True))
+        for sender in self.alerts:
+            sender.close()
         await _bounded("releasing the poller lease", self.lease.release())
         await _bounded("closing the Redis connections",
                        asyncio.gather(self._lease_redis.aclose(), self.redis.aclose()))

@@ -90,12 +90,19 @@ class Outbox:
             self._kept = self._read
         return self._kept
 
-    def gap(self, before_id: str) -> None:
-        """The history no longer holds `cursor`, and begins at `before_id`:
-        a gap post comes before anything read after it. The cursor moves
-        to just before `before_id`."""
-        self._waiting.append(Gap(self._read, before_id))
-        self._read = before(before_id)
+    def history_starts_at(self, first_id: str) -> bool:
+        """The history's first entry is `first_id` now, before the next read.
+        When it lies beyond the cursor (and not right after it), entries were
+        trimmed before they were read: a gap post is queued, ahead of
+        anything read later, the cursor moves to just before `first_id`, and
+        True is returned. A cursor of "0-0" (the history was empty when the
+        position was first kept) is never a gap: nothing was there to lose."""
+        cursor = self._read
+        if cursor == "0-0" or _key(first_id) <= _key(cursor) or before(first_id) == cursor:
+            return False
+        self._waiting.append(Gap(cursor, first_id))
+        self._read = before(first_id)
+        return True
 
     def read(self, event_id: str, alert: Optional[Event]) -> None:
         """The history entry `event_id` was read; `alert` is its event when
@@ -153,6 +160,11 @@ class Outbox:
 
 
 MAX_SEQUENCE = 2 ** 64 - 1
+
+
+def _key(stream_id: str) -> tuple:
+    millis, _, sequence = stream_id.partition("-")
+    return int(millis), int(sequence)
 
 
 def before(stream_id: str) -> str:

@@ -5,6 +5,7 @@ find each other only through these names, so both build them here.
 """
 
 import dataclasses
+import hashlib
 from typing import Tuple
 
 # Defaults a worker's `install()` and the server's settings share.
@@ -61,6 +62,11 @@ class Keys:
     def leader_key(self) -> str:
         """The poller lease: who polls inspect."""
         return f"{self.prefix}:poller:leader"
+
+    def alert_position(self, url: str) -> str:
+        """Where the alert sender keeps the stream id up to which the webhook at
+        `url` has been served (a string): named by a digest, never by the URL."""
+        return f"{self.prefix}:alerts:{hashlib.sha1(url.encode()).hexdigest()[:12]}:position"
 
     @property
     def once_prefix(self) -> str:

@@ -1,12 +1,12 @@
 """Reads of the event history stream (docs/protocol.md, section 6), with redis.asyncio.
 
-Used by the relay's gap fill and by client resumes. Every call may raise
+Used by the relay's gap fill, by client resumes and by the alert sender. Every call may raise
 redis.exceptions.RedisError (or OSError) when Redis is unreachable; callers
 decide what that means for them.
 """
 
 import logging
-from typing import AsyncIterator, Callable, List, Optional
+from typing import AsyncIterator, Callable, List, Optional, Tuple
 
 from redis.asyncio import Redis
 
@@ -27,6 +27,29 @@ class History:
     async def contains(self, event_id: str) -> bool:
         """Whether `event_id` is still retained in the history."""
         return bool(await self._redis.xrange(self._stream, event_id, event_id, count=1))
+
+    async def first_id(self) -> Optional[str]:
+        """The id of the oldest entry the history holds, None when it is empty."""
+        entries = await self._redis.xrange(self._stream, "-", "+", count=1)
+        return _decode(entries[0][0]) if entries else None
+
+    async def last_id(self) -> Optional[str]:
+        """The id of the newest entry, None when the history is empty."""
+        entries = await self._redis.xrevrange(self._stream, "+", "-", count=1)
+        return _decode(entries[0][0]) if entries else None
+
+    async def wait_after(self, event_id: str, block: float,
+                         count: int = BATCH) -> List[Tuple[str, Optional[Event]]]:
+        """The entries after `event_id`, at most `count`, in stream order, as
+        (entry id, event or None for one that is not an event); waits up to
+        `block` seconds (XREAD BLOCK) while there is none, then returns []."""
+        replies = await self._redis.xread({self._stream: event_id}, count=count,
+                                          block=max(1, int(block * 1000)))
+        entries = replies[0][1] if replies else []
+        read = [(_decode(entry[0]), _to_event(entry)) for entry in entries]
+        for _ in range(sum(1 for _, event in read if event is None)):
+            self._on_invalid()
+        return read
 
     async def after(self, event_id: str) -> AsyncIterator[List[Event]]:
         """Yield, in batches and stream order, every event after `event_id`.

@@ -153,7 +153,9 @@ def test_a_trimmed_cursor_gives_a_gap_post_first_even_over_budget():
     outbox = Outbox("1700000000001-0", per_minute=1, now=0.0)
     outbox.read(failed(2).id, failed(2))
     deliver_all(outbox, 0.0)
-    outbox.gap("1700000000009-0")
+    assert not outbox.history_starts_at(failed(1).id)  # the cursor is still there
+    assert not outbox.history_starts_at("1700000000002-1")  # only the cursor went
+    assert outbox.history_starts_at("1700000000009-0")
     assert outbox.cursor == "1700000000008-18446744073709551615"
     [post] = deliver_all(outbox, 0.0)
     assert post.content == Gap(failed(2).id, "1700000000009-0")
@@ -166,7 +168,7 @@ def test_a_gap_while_a_summary_waits_keeps_the_position_before_the_summary():
     for event in (failed(1), failed(2)):
         outbox.read(event.id, event)
     deliver_all(outbox, 0.0)  # the first alone; the second gathered
-    outbox.gap("1700000000009-0")
+    assert outbox.history_starts_at("1700000000009-0")
     [gap] = deliver_all(outbox, 0.0)
     assert isinstance(gap.content, Gap)
     assert outbox.kept == failed(1).id
@@ -174,6 +176,12 @@ def test_a_gap_while_a_summary_waits_keeps_the_position_before_the_summary():
     [summary] = deliver_all(outbox, 120.0)
     assert summary.content.count == 1
     assert outbox.kept == outbox.cursor
+
+
+def test_a_position_kept_from_an_empty_history_is_never_a_gap():
+    outbox = Outbox("0-0", per_minute=1, now=0.0)
+    assert not outbox.history_starts_at("1700000000009-0")
+    assert outbox.next_post(0.0) is None
 
 
 @pytest.mark.parametrize("stream_id, previous", [("5-3", "5-2"), ("5-0", "4-18446744073709551615"),
@@ -232,3 +240,31 @@ def test_summary_and_gap_bodies_say_what_they_cover():
 
 def test_slack_escape_escapes_only_what_slack_reads_as_markup():
     assert slack_escape("a & b < c > d *e* `f`") == "a &amp; b &lt; c &gt; d *e* `f`"
+
+
+# -- the settings ----------------------------------------------------------------------------
+
+def test_a_bad_webhook_setting_is_a_setting_error_without_the_secret_path():
+    import settings
+    with pytest.raises(settings.SettingError) as caught:
+        settings.load([], {"NOTIFY_ALERT_WEBHOOKS": f"slack={SLACK_URL},teams={SLACK_URL}x"})
+    assert str(caught.value) == ("NOTIFY_ALERT_WEBHOOKS: entry 2 (https://hooks.slack.com/…) has "
+                                 "the unknown format 'teams': give json or slack, as in "
+                                 "slack=https://hooks.slack.com/…")
+    with pytest.raises(settings.SettingError, match="--alert-webhooks: entry 1") as caught:
+        settings.load(["--alert-webhooks", f"hooks.slack.com/services/{SECRET}"], {})
+    assert SECRET not in str(caught.value)
+
+
+def test_the_alert_settings_reach_the_config():
+    import settings
+    loaded = settings.load([], {"NOTIFY_ALERT_WEBHOOKS": f"slack={SLACK_URL}",
+                                "NOTIFY_ALERT_STATUSES": "failed, worker_offline",
+                                "NOTIFY_ALERT_TASKS": "billing.*", "NOTIFY_ALERT_PER_MINUTE": "3",
+                                "NOTIFY_ALERT_TIMEOUT": "1.5"})
+    alerts = loaded.server_config("i").alerts
+    assert alerts.webhooks == (Webhook(SLACK_URL, "slack"),)
+    assert (alerts.statuses, alerts.tasks, alerts.per_minute, alerts.timeout) == (
+        ("failed", "worker_offline"), ("billing.*",), 3, 1.5)
+    with pytest.raises(settings.SettingError, match="must be one or more of failed, revoked"):
+        settings.load([], {"NOTIFY_ALERT_STATUSES": "failed,crashed"})

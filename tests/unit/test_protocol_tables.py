@@ -1,6 +1,7 @@
 """What workers, servers and clients meet at, as docs/protocol.md documents it: the Redis
 names (section 6) and the close codes (section 2.6)."""
 
+import re
 from pathlib import Path
 
 from notify_server.protocol import close_codes
@@ -17,6 +18,12 @@ def test_every_key_under_a_prefix_is_documented_as_protocol_md_names_it():
                      "PREFIX:queue:snapshot", "PREFIX:queue",
                      "PREFIX:once:<task_id>:<type>:<attempt>"]
     assert [name for name in names if f"`{name}`" not in PROTOCOL] == []
+
+
+def test_the_alert_position_key_is_named_by_a_digest_of_the_url_as_documented():
+    key = Keys("PREFIX").alert_position("https://hooks.slack.com/services/T/B/secret")
+    assert re.fullmatch(r"PREFIX:alerts:[0-9a-f]{12}:position", key)
+    assert "`PREFIX:alerts:<digest>:position`" in PROTOCOL
 
 
 def test_the_default_prefix_is_notify():
