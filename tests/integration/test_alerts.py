@@ -146,6 +146,55 @@ def test_failures_while_the_receiver_fails_are_posted_once_in_order_once_it_reco
         server.stop()
 
 
+def test_a_post_the_webhook_rejects_is_dropped_once_and_the_next_goes_on(redis_url, receiver):
+    server, port = alerting_server(redis_url, receiver)
+    try:
+        emitter = Emitter(redis_url)
+        receiver.reject()
+        rejected = fail(emitter)
+        flushed(emitter)
+        receiver.wait_for_attempts(1)
+        receiver.recover()
+        marker = fail(emitter, name="tests.alerts.marker")
+        assert alerted_tasks(receiver.wait_for_posts(1)) == [marker]
+        assert alerted_tasks(receiver.rejected) == [rejected]  # tried once, not retried
+        assert metric(port, "notify_alerts_dropped_total", reason="http_404") == 1
+        server.wait_for_line(r"alerts to http://127\.0\.0\.1:\d+/…: HTTP 404 for alert "
+                             r"\d+-\d+; not retried, dropped")
+        assert receiver.secret not in "".join(server.output)
+    finally:
+        server.stop()
+
+
+def test_a_history_trimmed_past_the_position_is_reported_as_a_gap_then_alerts_go_on(
+        redis_url, receiver):
+    server, _ = alerting_server(redis_url, receiver, name="alerts-before-gap")
+    emitter = Emitter(redis_url)
+    first = fail(emitter)
+    kept = receiver.wait_for_posts(1)[0].alert_id
+    server.stop()
+    trimming = Emitter(redis_url, history_maxlen=100)
+    lost = fail(trimming)
+    for _ in range(600):  # trims the history (about 100 kept) past the kept position
+        fail(trimming, status=events.task_completed)
+    after = [fail(trimming) for _ in range(2)]
+    flushed(trimming)
+    server, _ = start_server(redis_url, name="alerts-after-gap", env={
+        "NOTIFY_ALERT_WEBHOOKS": receiver.url, "NOTIFY_ALERT_TIMEOUT": TIMEOUT})
+    try:
+        marker = fail(emitter, name="tests.alerts.marker")
+        posts = receiver.wait_for_posts(5)
+        gap = posts[1].body
+        assert alerted_tasks(posts[:1]) == [first] and lost not in str(posts)
+        assert gap["kind"] == "alert_gap" and gap["after_id"] == kept
+        assert gap["text"].startswith("Alerts may have been missed between ")
+        assert posts[1].alert_id == f"gap:{kept}..{gap['before_id']}"
+        assert alerted_tasks(posts[2:]) == [*after, marker]
+        server.wait_for_line(r"alerts may have been missed before")
+    finally:
+        server.stop()
+
+
 def test_a_hanging_receiver_is_timed_out_and_retried_and_nothing_is_doubled(redis_url, receiver):
     server, _ = alerting_server(redis_url, receiver)
     try:

@@ -3,7 +3,8 @@
 Runs the standard library's threaded HTTP server in a thread of the test
 process. It keeps, in order, only the posts it answered with 204: a post it
 failed (500) or hung (held, then closed unanswered) is counted in `attempts`
-but never in `posts`, so "each alert posted once" is `posts` without repeats.
+but never in `posts`, so "each alert posted once" is `posts` without repeats;
+so is one it rejected (404), recorded in `rejected`.
 """
 
 import dataclasses
@@ -14,7 +15,7 @@ import time
 import uuid
 from typing import List, Optional
 
-OK, FAIL, HANG = "ok", "fail", "hang"
+OK, FAIL, HANG, REJECT = "ok", "fail", "hang", "reject"
 
 
 @dataclasses.dataclass
@@ -33,6 +34,7 @@ class AlertReceiver:
     def __init__(self):
         self.secret = f"SECRET{uuid.uuid4().hex}"
         self.posts: List[Received] = []
+        self.rejected: List[Received] = []
         self.attempts = 0
         self.hung = 0  # requests held in HANG mode so far
         self._mode = OK
@@ -58,6 +60,10 @@ class AlertReceiver:
     def fail(self) -> None:
         """Answer 500 from now on."""
         self._set(FAIL)
+
+    def reject(self) -> None:
+        """Answer 404 from now on, as Slack does for a deleted webhook."""
+        self._set(REJECT)
 
     def hang(self) -> None:
         """Hold every request from now on, unanswered until `recover`."""
@@ -112,16 +118,19 @@ class AlertReceiver:
                     receiver._release.wait()
                     self.close_connection = True  # closed without an answer
                     return
-                if mode == FAIL:
-                    self.send_response(500)
+                if mode in (FAIL, REJECT):
+                    self.send_response(500 if mode == FAIL else 404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
-                    return
-                self.send_response(204)
-                self.end_headers()
+                    if mode == FAIL:
+                        return
+                else:
+                    self.send_response(204)
+                    self.end_headers()
+                received = Received(self.headers.get("X-Notify-Alert-Id"), self.path,
+                                    json.loads(payload))
                 with receiver._changed:
-                    receiver.posts.append(Received(self.headers.get("X-Notify-Alert-Id"),
-                                                   self.path, json.loads(payload)))
+                    (receiver.posts if mode == OK else receiver.rejected).append(received)
                     receiver._changed.notify_all()
 
             def log_message(self, format, *args):
