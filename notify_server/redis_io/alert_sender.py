@@ -89,6 +89,9 @@ class AlertSender:
             try:
                 await self._lead()
                 outage.reset()
+                # The lease went (or Redis named another holder before this
+                # process's clock said so): wait before trying again.
+                await asyncio.sleep(READ_BLOCK / 4)
             except (RedisError, OSError) as exc:
                 if not outage.attempts:
                     log.warning("alerts to %s: Redis failed (%s); trying again with backoff",
