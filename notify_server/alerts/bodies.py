@@ -5,11 +5,12 @@ de-duplicates on it, since a post is sent at least once.
 """
 
 import datetime
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from notify_server.alerts.outbox import Gap, Post, Summary
 from notify_server.alerts.rules import task_name
 from notify_server.alerts.webhooks import SLACK
+from notify_server.celery_metrics import UNKNOWN_EXCEPTION, exception_of
 from notify_server.protocol import task_events
 from notify_server.protocol.stream import Event
 
@@ -31,8 +32,8 @@ def body(format: str, post: Post) -> Dict[str, Any]:
 
 def plain_body(post: Post) -> Dict[str, Any]:
     """The JSON body: `id`, `kind` and a human `text`, with an event's fields
-    (`type`, `task_id`, `name`, `status`, `message`, `worker`, `time` and the
-    `event` as the history holds it), a summary's or a gap's."""
+    (`type`, `task_id`, `name`, `status`, `message`, `exception`, `worker`,
+    `time` and the `event` as the history holds it), a summary's or a gap's."""
     content = post.content
     if isinstance(content, Event):
         return _event_fields(post.alert_id, content)
@@ -53,6 +54,7 @@ def _event_fields(alert_id: str, event: Event) -> Dict[str, Any]:
               "task_id": data.get("task_id"), "name": task_name(event),
               "status": data.get("status"),
               "message": data.get("message", data.get("reason")),
+              "exception": _exception(event),
               "worker": data.get("worker", (event.meta or {}).get("worker")),
               "time": id_time(event.id), "text": event_text(event)}
     stored = {"type": event.type, "data": data}
@@ -62,6 +64,14 @@ def _event_fields(alert_id: str, event: Event) -> Dict[str, Any]:
         stored["meta"] = event.meta
     fields["event"] = stored
     return fields
+
+
+def _exception(event: Event) -> Optional[str]:
+    """The exception class a failure's message names (`ValueError: …`), else None."""
+    if event.type != task_events.TASK_FAILED:
+        return None
+    found = exception_of(event.data.get("message"))
+    return None if found == UNKNOWN_EXCEPTION else found
 
 
 def event_text(event: Event) -> str:

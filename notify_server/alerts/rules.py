@@ -2,7 +2,8 @@
 
 import dataclasses
 import fnmatch
-from typing import Optional, Tuple
+import functools
+from typing import FrozenSet, Optional, Tuple
 
 from notify_server.protocol import task_events
 from notify_server.protocol.stream import Event
@@ -37,11 +38,16 @@ class AlertRules:
         if unknown:
             raise ValueError(f"unknown alert status {unknown[0]!r}")
 
+    @functools.cached_property
+    def types(self) -> FrozenSet[str]:
+        """The event types the statuses stand for."""
+        return frozenset(STATUS_TYPES[status] for status in self.statuses)
+
     def matches(self, event: Event) -> bool:
         """Whether `event` is alerted: its type is one of the statuses', and,
         when patterns are set, it has a name one of them matches (an event
         without a name matches only when no pattern is set)."""
-        if event.type not in {STATUS_TYPES[status] for status in self.statuses}:
+        if event.type not in self.types:
             return False
         if not self.tasks:
             return True

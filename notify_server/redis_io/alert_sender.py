@@ -14,7 +14,7 @@ Logs name the webhook by `Webhook.shown` only: its path is its secret.
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import orjson
 from redis.asyncio import Redis
@@ -105,6 +105,8 @@ class AlertSender:
     async def _lead(self) -> None:
         """From the kept position, send until the lease is lost."""
         position = await self._start_position()
+        if position is None:
+            return  # another process leads
         outbox = Outbox(position, self._per_minute, time.monotonic())
         kept, summarised = position, 0
         while self._leading():
@@ -124,9 +126,10 @@ class AlertSender:
                     return  # another process leads now: it goes on from the kept position
                 kept = outbox.kept
 
-    async def _start_position(self) -> str:
+    async def _start_position(self) -> Optional[str]:
         """The kept position; when none is kept yet, the history's end, kept now
-        (alerts are for what happens from now on, not for old history)."""
+        (alerts are for what happens from now on, not for old history). None
+        when the lease key names another process."""
         kept = await self._redis.get(self._position_key)
         if kept is not None:
             position = kept.decode() if isinstance(kept, bytes) else kept
@@ -134,8 +137,9 @@ class AlertSender:
                      self.webhook.shown, self.webhook.format, position)
             return position
         position = await self._history.last_id() or "0-0"
-        await self._keep(keys=[self._leader_key, self._position_key],
-                         args=[self._identity, position])
+        if not await self._keep(keys=[self._leader_key, self._position_key],
+                                args=[self._identity, position]):
+            return None
         log.info("alerts to %s (%s): no position kept; sending after the history's end, %s",
                  self.webhook.shown, self.webhook.format, position)
         return position

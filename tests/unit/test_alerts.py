@@ -198,7 +198,7 @@ def test_the_json_body_has_the_event_its_fields_and_a_text():
     assert body("json", Post(event)) == {
         "id": event.id, "kind": "alert", "type": "task_failed", "task_id": "t-7",
         "name": "app.tasks.upload", "status": "failed", "message": "ValueError: cannot do A-1",
-        "worker": "celery@h1", "time": id_time(event.id),
+        "exception": "ValueError", "worker": "celery@h1", "time": id_time(event.id),
         "text": "Task app.tasks.upload (t-7) failed: ValueError: cannot do A-1",
         "event": {"type": "task_failed", "data": event.data, "owner": "alice",
                   "meta": {"name": "app.tasks.upload", "worker": "celery@h1"}}}
@@ -209,6 +209,8 @@ def test_a_worker_offline_body_names_the_worker():
     sent = body("json", Post(Event(offline["type"], offline["data"], id="1700000000000-0")))
     assert sent["text"] == "Worker celery@h2 went offline: heartbeat lost"
     assert sent["worker"] == "celery@h2" and sent["message"] == "heartbeat lost"
+    assert sent["exception"] is None
+    assert body("json", Post(failed(1, message="it broke")))["exception"] is None
 
 
 def test_the_slack_body_is_text_and_blocks_with_markup_escaped():
