@@ -282,13 +282,16 @@ def test_a_leader_killed_mid_post_is_replaced_and_every_failure_is_posted_once_i
         redis_url, receiver):
     env = {"NOTIFY_ALERT_WEBHOOKS": receiver.url, "NOTIFY_ALERT_TIMEOUT": "30",
            "NOTIFY_LEADER_TTL": TTL}
-    members = [start_server(redis_url, name=f"alerts-{n}", env=env)[0] for n in (1, 2)]
+    # The first to start leads: it has its position before the second starts.
+    leader = start_server(redis_url, name="alerts-leader", env=env)[0]
+    members = [leader]
     try:
+        wait_until_sending(leader, receiver)
+        follower = start_server(redis_url, name="alerts-follower", env=env)[0]
+        members.append(follower)
         emitter = Emitter(redis_url)
-        first = fail(emitter)  # the leader has its position once this is posted
+        first = fail(emitter)
         receiver.wait_for_posts(1)
-        [leader] = [m for m in members if any("sending after" in line for line in m.output)]
-        [follower] = [m for m in members if m is not leader]
         receiver.hang()
         failed = [fail(emitter) for _ in range(5)]
         flushed(emitter)
