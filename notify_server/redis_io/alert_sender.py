@@ -53,6 +53,13 @@ def retryable(code: int) -> bool:
     return code >= 500 or code in (408, 429)
 
 
+def retry_after(value: Optional[str]) -> float:
+    """The seconds a `Retry-After` header asks for (Slack's 429 sends one), at
+    most RETRY_CAP; 0 without one, or for the HTTP-date form."""
+    text = (value or "").strip()
+    return min(float(text), RETRY_CAP) if text.isascii() and text.isdigit() else 0.0
+
+
 class AlertCounts:
     """What the sender reports, as callables (the metrics' counters)."""
 
@@ -165,7 +172,7 @@ class AlertSender:
         retries = Backoff(base=RETRY_BASE, cap=RETRY_CAP)
         payload = orjson.dumps(body(self.webhook.format, post))
         while True:
-            code, reason = await self._post(post.alert_id, payload)
+            code, reason, wait = await self._post(post.alert_id, payload)
             if 200 <= code < 300:
                 self._counts.sent(self.webhook.format)
                 if retries.attempts:
@@ -182,12 +189,13 @@ class AlertSender:
                 log.warning("alerts to %s: %s for alert %s; retrying with backoff (at most "
                             "%g s apart) until it is delivered", self.webhook.shown, reason,
                             post.alert_id, RETRY_CAP)
-            await asyncio.sleep(retries.next_delay())
+            await asyncio.sleep(max(retries.next_delay(), wait))
             if not self._leading():
                 return False
 
-    async def _post(self, alert_id: str, payload: bytes) -> "tuple[int, str]":
-        """(status, what went wrong) of one attempt; 599 when nothing answered."""
+    async def _post(self, alert_id: str, payload: bytes) -> "tuple[int, str, float]":
+        """(status, what went wrong, seconds the webhook asked to wait) of one
+        attempt; status 599 when nothing answered."""
         request = HTTPRequest(
             self.webhook.url, method="POST", body=payload, follow_redirects=False,
             connect_timeout=min(CONNECT_TIMEOUT, self._timeout), request_timeout=self._timeout,
@@ -196,10 +204,11 @@ class AlertSender:
         try:
             response = await self._http.fetch(request, raise_error=False)
         except HTTPClientError as exc:
-            return exc.code, _scrubbed(str(exc), self.webhook)
+            return exc.code, _scrubbed(str(exc), self.webhook), 0.0
         except (OSError, asyncio.TimeoutError) as exc:
-            return 599, _scrubbed(f"{type(exc).__name__}: {exc}", self.webhook)
-        return response.code, f"HTTP {response.code}"
+            return 599, _scrubbed(f"{type(exc).__name__}: {exc}", self.webhook), 0.0
+        return (response.code, f"HTTP {response.code}",
+                retry_after(response.headers.get("Retry-After")))
 
     def close(self) -> None:
         """Close the HTTP client (after `run` was cancelled)."""

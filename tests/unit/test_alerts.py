@@ -10,6 +10,7 @@ from notify_server.alerts.rules import AlertRules
 from notify_server.alerts.webhooks import Webhook, parse_webhooks, redact
 from notify_server.protocol import task_events as events
 from notify_server.protocol.stream import Event
+from notify_server.redis_io.alert_sender import retry_after, retryable
 
 SECRET = "T000/B000/XXXXsecretXXXX"
 SLACK_URL = f"https://hooks.slack.com/services/{SECRET}"
@@ -242,6 +243,20 @@ def test_summary_and_gap_bodies_say_what_they_cover():
 
 def test_slack_escape_escapes_only_what_slack_reads_as_markup():
     assert slack_escape("a & b < c > d *e* `f`") == "a &amp; b &lt; c &gt; d *e* `f`"
+
+
+# -- what the sender retries ---------------------------------------------------------------
+
+def test_no_answer_5xx_408_and_429_are_retried_other_answers_are_not():
+    assert [code for code in (200, 204, 301, 400, 403, 404, 408, 410, 429, 500, 503, 599)
+            if retryable(code)] == [408, 429, 500, 503, 599]
+
+
+@pytest.mark.parametrize("header, seconds", [(None, 0.0), ("", 0.0), ("7", 7.0), ("3600", 30.0),
+                                             ("Wed, 21 Oct 2026 07:28:00 GMT", 0.0),
+                                             ("-1", 0.0), ("١", 0.0)])
+def test_retry_after_is_honoured_in_seconds_up_to_the_cap(header, seconds):
+    assert retry_after(header) == seconds
 
 
 # -- the settings ----------------------------------------------------------------------------
