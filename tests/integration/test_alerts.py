@@ -146,6 +146,30 @@ def test_failures_while_the_receiver_fails_are_posted_once_in_order_once_it_reco
         server.stop()
 
 
+def test_each_webhook_gets_every_alert_and_a_failing_one_holds_up_only_itself(redis_url,
+                                                                              receiver):
+    other = AlertReceiver().start()
+    try:
+        server, _ = alerting_server(redis_url, receiver,
+                                    webhook=f"{receiver.url},slack={other.url}")
+        wait_until_sending(server, other)
+        try:
+            emitter = Emitter(redis_url)
+            receiver.fail()
+            failed = [fail(emitter) for _ in range(2)]
+            flushed(emitter)
+            slack = other.wait_for_posts(2)
+            assert [post.body["text"].split("(")[1].split(")")[0] for post in slack] == failed
+            receiver.wait_for_attempts(2)
+            receiver.recover()
+            assert alerted_tasks(receiver.wait_for_posts(2)) == failed
+            assert [post.alert_id for post in receiver.posts] == [post.alert_id for post in slack]
+        finally:
+            server.stop()
+    finally:
+        other.stop()
+
+
 def test_a_post_the_webhook_rejects_is_dropped_once_and_the_next_goes_on(redis_url, receiver):
     server, port = alerting_server(redis_url, receiver)
     try:
@@ -196,13 +220,14 @@ def test_a_history_trimmed_past_the_position_is_reported_as_a_gap_then_alerts_go
 
 
 def test_a_hanging_receiver_is_timed_out_and_retried_and_nothing_is_doubled(redis_url, receiver):
-    server, _ = alerting_server(redis_url, receiver)
+    server, port = alerting_server(redis_url, receiver)
     try:
         emitter = Emitter(redis_url)
         receiver.hang()
         failed = [fail(emitter) for _ in range(3)]
         flushed(emitter)
         receiver.wait_until_hung(2)  # the first post timed out and came again
+        assert http_probe.get(port, "/healthz").status == 200  # the loop serves meanwhile
         receiver.recover()
         failed.append(fail(emitter, name="tests.alerts.marker"))
         assert alerted_tasks(receiver.wait_for_posts(4)) == failed
