@@ -10,14 +10,19 @@ On a redis-server of its own (the embedded one), a real server (`run.py`) postin
            events (task_completed) are written, with one webhook against with none; with
            the webhook it is measured until its sender kept the last event's id.
 
-    .venv/bin/python -m bench.alerts [--events 20000]
+    .venv/bin/python -m bench.alerts [--events 20000] [--md bench/RESULTS-alerts.md]
+
+The figures are printed and written, with the command and the time, to --md.
 """
 
 import argparse
+import datetime
 import os
 import statistics
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import redis
 
@@ -27,6 +32,14 @@ from notify_server.protocol.names import Keys
 from notify_server.worker.emitter import Emitter
 from tests.support.alert_receiver import AlertReceiver
 from tests.support.processes import start_server
+
+
+FIGURES = []  # the lines printed, for the Markdown file
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+    FIGURES.append(line)
 
 
 class StampedPosts(list):
@@ -61,14 +74,14 @@ def latency_and_burst(url: str) -> None:
             receiver.wait_for_posts(number + 1)
         lags = sorted((receiver.posts.arrived[p.alert_id] - int(p.alert_id.split("-")[0]) / 1e3)
                       * 1e3 for p in receiver.posts)
-        print(f"latency: {len(lags)} alerts, p50 {statistics.median(lags):.1f} ms, "
+        say(f"latency: {len(lags)} alerts, p50 {statistics.median(lags):.1f} ms, "
               f"p95 {lags[int(len(lags) * 0.95)]:.1f} ms, max {lags[-1]:.1f} ms")
         started = time.monotonic()
         for number in range(1000):
             emitter.emit(ev.task_failed(f"b-{number}", "A", "E: x"), record={"name": "bench.b"})
         emitter.flush()
         receiver.wait_for_posts(1050, timeout=120)
-        print(f"burst: 1000 alerts posted one by one in {time.monotonic() - started:.2f} s")
+        say(f"burst: 1000 alerts posted one by one in {time.monotonic() - started:.2f} s")
     finally:
         server.stop()
         receiver.stop()
@@ -103,6 +116,7 @@ def cost(url: str, events: int, webhook: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--md", type=Path, default=Path(__file__).parent / "RESULTS-alerts.md")
     options = parser.parse_args()
     store = EmbeddedRedis()
     store.start()
@@ -110,10 +124,17 @@ def main() -> None:
         latency_and_burst(store.url)
         without = cost(store.url, options.events, webhook=False)
         with_one = cost(store.url, options.events, webhook=True)
-        print(f"cost: server CPU per unmatched event {without:.0f} us without a webhook, "
+        say(f"cost: server CPU per unmatched event {without:.0f} us without a webhook, "
               f"{with_one:.0f} us with one ({options.events} events)")
     finally:
         store.stop()
+    options.md.write_text(
+        "## Failure alerts: latency, a burst, the sender's cost\n\n"
+        + "".join(f"- {line}\n" for line in FIGURES)
+        + f"\nMachine: {os.cpu_count()} CPUs, shared and noisy; load average at end "
+        f"{[round(x, 2) for x in os.getloadavg()]}; "
+        f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}. "
+        f"Command: `.venv/bin/python -m bench.alerts {' '.join(sys.argv[1:])}`.\n")
 
 
 if __name__ == "__main__":
