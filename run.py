@@ -5,30 +5,45 @@ and used for events and as the Celery broker. `--demo` also starts a Celery
 worker on `notify_server.dev.demo` and a producer of demo tasks.
 
 Exit codes: 0 after a clean shutdown; 2 for a setting that is not allowed or
-an address it cannot listen on (one line on stderr, no traceback).
+an address it cannot listen on (one line on stderr, no traceback); 130 for a
+Ctrl-C before the server runs (one line).
 """
 
-import asyncio
-import dataclasses
-import errno
-import ipaddress
-import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-from typing import Callable, List, NoReturn
 
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
+STARTUP_INTERRUPTED = "notify-server: interrupted during start-up"
 
-import settings as settings_module
-from handlers import make_application
-from notify_server import children
-from notify_server.dev.embedded_redis import EmbeddedRedis
-from notify_server.server import NotifyServer
+
+def _interrupted_while_loading(signum, frame) -> None:
+    # Ctrl-C while the imports below load (about a second): no traceback from
+    # deep inside them, the same line and code as later in start-up.
+    sys.stderr.write(STARTUP_INTERRUPTED + "\n")
+    os._exit(130)
+
+
+if __name__ == "__main__":  # not when a test imports this module
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
+
+import asyncio  # noqa: E402 (after the handler: these imports take the time)
+import dataclasses  # noqa: E402
+import errno  # noqa: E402
+import ipaddress  # noqa: E402
+import logging  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from typing import Callable, List, NoReturn  # noqa: E402
+
+from tornado.httpserver import HTTPServer  # noqa: E402
+from tornado.netutil import bind_sockets  # noqa: E402
+
+import settings as settings_module  # noqa: E402
+from handlers import make_application  # noqa: E402
+from notify_server import children  # noqa: E402
+from notify_server.dev.embedded_redis import EmbeddedRedis  # noqa: E402
+from notify_server.server import NotifyServer  # noqa: E402
 
 log = logging.getLogger("notify_server")
 
@@ -142,6 +157,7 @@ def wait_or_kill(processes: list, deadline: float) -> None:
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt from here on
     try:
         settings = settings_module.load(sys.argv[1:] if argv is None else argv, os.environ)
     except settings_module.SettingError as exc:
@@ -169,7 +185,7 @@ def main(argv=None) -> int:
         asyncio.run(serve(settings, sockets, stopping))
     except KeyboardInterrupt:
         # Ctrl-C before the signal handlers exist (start-up waits up to 5 s for Redis).
-        print("notify-server: interrupted during start-up", file=sys.stderr, flush=True)
+        print(STARTUP_INTERRUPTED, file=sys.stderr, flush=True)
         return 130
     finally:
         stop_demo(demo)

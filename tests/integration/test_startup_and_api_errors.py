@@ -114,6 +114,38 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_code_130():
     assert text.rstrip().splitlines()[-1] == "notify-server: interrupted during start-up"
 
 
+def _sigint_caught(pid: int) -> bool:
+    """Whether the process has a SIGINT handler (Python's own, set as its interpreter starts)."""
+    with open(f"/proc/{pid}/status") as status:
+        caught = next(line for line in status if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) & (1 << (2 - 1)))
+
+
+def test_ctrl_c_while_the_imports_load_is_the_same_one_line_and_exit_code_130():
+    import os
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "run.py", "--host", "127.0.0.1", "--port", "0"], cwd=ROOT,
+        env={**os.environ, "REDIS_URL": "redis://127.0.0.1:9/0", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        while not _sigint_caught(process.pid):  # the interpreter is up, run.py starts
+            time.sleep(0.005)
+        # Then a moment into run.py's imports (about a second here; nothing to
+        # wait for in between): before the fix a KeyboardInterrupt traceback.
+        time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        text, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, text
+    assert text.strip() == "notify-server: interrupted during start-up", text
+
+
 async def test_readyz_in_token_mode_names_only_the_kind_of_a_stale_reason(make_redis):
     import json as json_module
 
