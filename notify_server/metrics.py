@@ -89,6 +89,11 @@ class Metrics:
         self.loop_lag = Histogram("notify_event_loop_lag_seconds",
                                   "How late a 100 ms timer fires on the event loop.",
                                   buckets=LATENCY_BUCKETS, registry=registry)
+        # For leak checks (bench/soak.py): back to its baseline once the sockets are.
+        self.asyncio_tasks = Gauge("notify_asyncio_tasks",
+                                   "Tasks not yet done on this process's event loop.",
+                                   registry=registry)
+        self.asyncio_tasks.set_function(loop_task_count)
         self._task_counter = TaskCounter(config.hostname_label)
         labels = list(self._task_counter.label_names)
         self.task_states = {
@@ -173,6 +178,15 @@ class Metrics:
             expected = loop.time() + interval
             await asyncio.sleep(interval)
             self.loop_lag.observe(max(0.0, loop.time() - expected))
+
+
+def loop_task_count() -> int:
+    """`len(asyncio.all_tasks())` of the loop running in this thread (the server reads
+    its metrics on its loop), or 0 when none runs here."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop in this thread
+        return 0
 
 
 class _CeleryGauges:
