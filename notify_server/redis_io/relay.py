@@ -159,9 +159,9 @@ class Relay:
             latest = await redis.get(self._snapshot_key)
             if latest is not None:
                 self._on_snapshot(latest, False)
-            await self._check_same_redis(redis)
+            resynced = await self._check_same_redis(redis)
             await self._measure_clock(redis)
-            missed = await self._fill_gap(redis, history)
+            missed = await self._fill_gap(redis, history, resynced)
             self._subscribed(missed)
             self._drained, self._lag_ms = True, 0.0
             while True:
@@ -190,21 +190,24 @@ class Relay:
             await pubsub.aclose()
             await redis.aclose()
 
-    async def _check_same_redis(self, redis: Redis) -> None:
+    async def _check_same_redis(self, redis: Redis) -> bool:
         """On another Redis than before (a failover promoted a replica, or
         Redis restarted): resync everyone if the relay was behind when the
         old one went away; else only log (the gap fill that follows checks
-        that the new one holds the last event relayed)."""
+        that the new one holds the last event relayed). True when it resynced."""
         run_id = (await redis.info("server")).get("run_id")
+        resynced = False
         if self._run_id is not None and run_id != self._run_id:
             if self._behind_when_lost:
                 self._on_resync("Redis was restarted or failed over while this server was still "
                                 "reading its events; some may have been lost: reload your state")
+                resynced = True
             else:
                 log.info("Redis was restarted or failed over; the relay had read every event "
                          "(clients resync only if the new one lacks %s, the last relayed)",
                          self._cursor.last_id)
         self._run_id, self._behind_when_lost = run_id, False
+        return resynced
 
     def _note_lag(self, batch: List[Event]) -> None:
         """How old the newest event of `batch` with an id was when it was read."""
@@ -216,13 +219,16 @@ class Relay:
         seconds, micros = await redis.time()
         self._clock_offset_ms = seconds * 1000.0 + micros / 1000.0 - time.time() * 1000.0
 
-    async def _fill_gap(self, redis: Redis, history: History) -> int:
+    async def _fill_gap(self, redis: Redis, history: History, resynced: bool) -> int:
+        """Relay what the history holds after the cursor; resync first when
+        it may lack events after it, unless this reconnect `resynced` already
+        (one outage, one resync). Returns how many events it relayed."""
         missed = 0
         at_start = self._cursor.last_id == START
         lost = self._cursor.lost_events(
             at_start or await history.contains(self._cursor.last_id),
             await _stream_count(redis, self._stream) if at_start else None)
-        if lost is not None:
+        if lost is not None and not resynced:
             self._on_resync(lost)
         async for stored in history.after(self._cursor.last_id):
             batch = self._cursor.new_events(stored)

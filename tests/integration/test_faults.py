@@ -330,3 +330,43 @@ def numbers_of(message: dict, tag: str) -> list:
     data = message.get("data") or {}
     return [data.get("current")] if message.get("type") == "task_progress" \
         and data.get("avid") == tag else []
+
+
+async def test_redis_restarted_empty_under_a_stream_of_events_costs_one_resync_not_two(
+        make_redis):
+    """Events keep coming while Redis dies and comes back empty: the relay was
+    behind when it lost Redis *and* the new Redis lacks the last event it
+    relayed. One outage is one `resync` for each client (it was two: one per
+    reason, within a few ms), then the events after it."""
+    redis = make_redis()
+    server, port = start_server(redis.url, name="server-redis-restart-streaming")
+    stop = threading.Event()
+
+    def stream() -> None:
+        emitter = Emitter(redis.url)
+        number = 0
+        while not stop.is_set():
+            emitter.emit(progress("STREAMED", number))
+            number += 1
+            stop.wait(0.001)
+
+    writer = threading.Thread(target=stream, daemon=True)
+    try:
+        client = await WsClient.connect(port)
+        writer.start()
+        await client.wait_for(lambda m: len(numbers(client, "STREAMED")) >= 200)
+        redis.kill()
+        await eventually(lambda: get_json(port, "/readyz"), lambda r: not r[1]["redis"])
+        redis.start()
+        await eventually(lambda: get_json(port, "/readyz"), lambda r: r[1]["redis"])
+        stop.set()
+        writer.join(timeout=10)
+        marker = unique_avid("AFTER")
+        Emitter(redis.url).emit(progress(marker, 1))
+        await client.wait_for(lambda m: numbers_of(m, marker) == [1])
+        resyncs = [m for m in client.received if m["type"] == "resync"]
+        assert len(resyncs) == 1, resyncs
+        client.close()
+    finally:
+        stop.set()
+        assert server.stop() == 0
