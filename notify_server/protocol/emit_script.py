@@ -59,22 +59,27 @@ local function fields()
     return f
 end
 
+-- The record so far, read once per event (by `with_meta`, then `record`).
+local function current(p, f)
+    return redis.call('HMGET', p .. 'task:' .. f.task_id, 'sort', 'status', 'rank', 'attempt',
+                      'owner', 'tl_n', 'tl_dropped', 'received_at', 'started_at', 'name', 'worker')
+end
+
 -- The event with a top-level "meta": the task's name, worker and, as it ends, its
--- runtime, from RECORD or else the record so far (the servers' metrics read it).
-local function with_meta(p, f)
+-- runtime, from RECORD or else the record so far `cur` (the servers' metrics read it).
+local function with_meta(f, cur)
     local event = ARGV[1]
-    if not f or string.sub(event, -1) ~= '}' then return event end
-    local cur = redis.call('HMGET', p .. 'task:' .. f.task_id, 'name', 'worker', 'attempt',
-                           'rank', 'started_at')
+    if string.sub(event, -1) ~= '}' then return event end
     local m = {}
-    if f.name and f.name ~= '' then m.name = f.name elseif cur[1] then m.name = cur[1] end
-    if f.worker and f.worker ~= '' then m.worker = f.worker elseif cur[2] then m.worker = cur[2] end
+    if f.name and f.name ~= '' then m.name = f.name elseif cur[10] then m.name = cur[10] end
+    if f.worker and f.worker ~= '' then m.worker = f.worker
+    elseif cur[11] then m.worker = cur[11] end
     if RANK[f.type] == 5 then
         local runtime = tonumber(f.runtime)
-        local attempt = tonumber(f.attempt) or tonumber(cur[3])
-        if not runtime and cur[5] and tonumber(f.time) and attempt == tonumber(cur[3])
-                and (tonumber(cur[4]) or 0) < 5 then
-            runtime = math.max(0, tonumber(f.time) - tonumber(cur[5]))
+        local attempt = tonumber(f.attempt) or tonumber(cur[4])
+        if not runtime and cur[9] and tonumber(f.time) and attempt == tonumber(cur[4])
+                and (tonumber(cur[3]) or 0) < 5 then
+            runtime = math.max(0, tonumber(f.time) - tonumber(cur[9]))
         end
         if runtime then m.runtime = runtime end
     end
@@ -82,13 +87,11 @@ local function with_meta(p, f)
     return string.sub(event, 1, -2) .. ',"meta":' .. cjson.encode(m) .. '}'
 end
 
-local function record(p, id, f)
+local function record(p, id, f, cur)
     local rank = RANK[f.type]
     local key = p .. 'task:' .. f.task_id
     local conf = redis.call('HMGET', p .. 'tasks:config', 'retention', 'failed_retention',
                             'max', 'timeline')
-    local cur = redis.call('HMGET', key, 'sort', 'status', 'rank', 'attempt', 'owner',
-                           'tl_n', 'tl_dropped', 'received_at', 'started_at')
     local ms, seq = string.match(id, '^(%%d+)-(%%d+)$')
     local at = tonumber(f.time) or tonumber(ms) / 1000
     local stamp = string.format('%%.6f', at)
@@ -220,10 +223,11 @@ if once and once ~= '' and not redis.call('SET', once, '1', 'NX', 'EX', ARGV[3])
 end
 local p = ARGV[4] or ''
 local f = p ~= '' and fields() or nil
-local event = f and with_meta(p, f) or ARGV[1]
+local cur = f and current(p, f)
+local event = f and with_meta(f, cur) or ARGV[1]
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', event)
 redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(event, 2))
-if f then record(p, id, f) end
+if f then record(p, id, f, cur) end
 return id
 """ % {"ranks": _LUA_TABLE, "status": _LUA_STATUS, "retention": DEFAULT_RETENTION,
        "failed_retention": DEFAULT_FAILED_RETENTION, "max_records": DEFAULT_MAX_RECORDS,
