@@ -303,16 +303,19 @@ class NotifyServer:
 
     def health(self) -> dict:
         """Readiness and its parts: ``{"ready", "redis", "broker",
-        "queue_stale_reason", "clients", "leader", "instance"}``. Ready means
-        the Redis subscription is up and the broker answered the last inspect
-        poll; no worker answering makes `queue_status` stale but not the
-        server unready (another server process would not do better)."""
+        "queue_stale_reason", "clients", "leader", "instance",
+        "celery_events"}``. Ready means the Redis subscription is up and the
+        broker answered the last inspect poll; no worker answering makes
+        `queue_status` stale but not the server unready (another server
+        process would not do better). `celery_events` is None while the
+        bridge is off, else whether its helper consumes Celery's events."""
         redis_up = self.relay.connected
         broker_up = self.snapshot.broker_up
         return {"ready": redis_up and broker_up, "redis": redis_up, "broker": broker_up,
                 "queue_stale_reason": self.queue.stale_reason,
                 "clients": len(self._connections), "leader": self.lease.holder,
-                "instance": self.config.instance}
+                "instance": self.config.instance,
+                "celery_events": None if self.bridge is None else self.bridge.ready.is_set()}
 
     def queue_snapshot(self, scope: Scope = EVERYONE) -> Tuple[Optional[dict], Optional[str]]:
         """The latest queue data `scope` may see (None before any poll

@@ -44,9 +44,10 @@ class CeleryEventBridge:
     `on_worker_table(workers, counts)` is called on the loop with the
     helper's worker table (`CeleryEventMapper.worker_states`) and its
     counters (`received`, `written`, `duplicates`: totals since it
-    started). `ready` is set once the helper receives events. A helper that
-    exits is started again after `RESTART_DELAY`, until `stop`. All
-    methods run on the event-loop thread.
+    started). `ready` is set while the helper consumes Celery's events (from
+    its consumer's start to its exit). A helper that exits is started again
+    after `RESTART_DELAY`, until `stop`. All methods run on the event-loop
+    thread.
     """
 
     def __init__(self, config: ServerConfig,
@@ -102,6 +103,7 @@ class CeleryEventBridge:
                 else:
                     self._on_worker_table(*message[1:])
         except (EOFError, OSError):
+            self.ready.clear()  # until the next helper consumes
             self._close_reader()
             if not self._stopped:
                 log.error("the Celery event bridge process exited (%s); restarting it in %.0f s",

@@ -304,7 +304,8 @@ async def test_one_bridge_writes_and_a_new_leader_fills_in_what_the_dead_one_mis
     producer = Celery("failover-producer", broker=broker.url, set_as_current=False)
     try:
         bodies = [(await eventually(lambda port=port: readyz(port),
-                                    lambda answer: answer[1]["leader"] is not None))[1]
+                                    lambda answer: answer[1]["leader"] is not None
+                                    and answer[1]["celery_events"] is True))[1]
                   for _, port in servers]
         leader = next(index for index, body in enumerate(bodies)
                       if body["leader"] == body["instance"])
@@ -420,7 +421,8 @@ async def test_a_burst_of_20000_bridged_events_reaches_a_client_each_once_in_ord
     child, port = start_server(broker.url, "--celery-events", name="burst",
                                env={"NOTIFY_HISTORY_MAXLEN": "50000"})
     try:
-        await eventually(lambda: readyz(port), lambda answer: answer[1]["leader"] is not None)
+        await eventually(lambda: readyz(port), lambda answer: answer[1]["leader"] is not None
+                         and answer[1]["celery_events"] is True)
         client = await WsClient.connect(port)
         await client.wait_for(lambda m: m["type"] == "queue_status")
         prefix = f"burst{uuid.uuid4().hex[:6]}"

@@ -165,8 +165,10 @@ async def test_the_hooks_records_show_success_failure_retries_progress_and_revok
 
 async def test_the_bridges_records_show_success_failure_retries_progress_and_revoke(bridged):
     url, port, producer, hostname = bridged
-    # The bridge writes once its server holds the lease: before, events would be lost.
-    await eventually(lambda: readyz(port), lambda answer: answer[1]["leader"] is not None)
+    # The bridge writes once its server holds the lease and its helper consumes
+    # Celery's events: tasks sent before would not be bridged.
+    await eventually(lambda: readyz(port), lambda answer: answer[1]["leader"] is not None
+                     and answer[1]["celery_events"] is True)
     client = await WsClient.connect(port)
     await client.wait_for(lambda m: m["type"] == "queue_status")
     avids = {kind: unique_avid(kind.upper()) for kind in ("ok", "bad", "flaky", "steps", "rev")}

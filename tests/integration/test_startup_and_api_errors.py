@@ -173,3 +173,4 @@ async def test_readyz_in_token_mode_names_only_the_kind_of_a_stale_reason(make_r
     assert anyone["queue_stale_reason"] == wrong["queue_stale_reason"] == "broker unreachable"
     assert "127.0.0.1:9" in operator["queue_stale_reason"]
     assert "127.0.0.1:9" not in json_module.dumps(anyone)
+    assert anyone["celery_events"] is None  # NOTIFY_CELERY_EVENTS is off
