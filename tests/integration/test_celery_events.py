@@ -22,7 +22,7 @@ from notify_server.protocol import task_events as events
 from notify_server.protocol.names import Keys
 from tests.support.written_emitter import WrittenEmitter
 from tests.support.client import WsClient, of_task
-from tests.support.http_probe import readyz, scrape
+from tests.support.http_probe import readyz, scrape, wait_for_bridge
 from tests.support.processes import ARTIFACTS, start_server, start_worker
 from tests.support.tasks import submit, unique_avid
 from tests.support.tokens import SECRET, sign
@@ -51,6 +51,7 @@ def plain_worker(broker):
 @pytest.fixture(scope="module")
 def bridge_server(broker, plain_worker):
     child, port = start_server(broker.url, "--celery-events")
+    wait_for_bridge(port)
     yield child, port
     child.stop()
 

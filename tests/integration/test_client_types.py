@@ -30,6 +30,7 @@ from notify_server.protocol.stream import relayable_type
 from notify_server.records.record import FIELDS
 from notify_server.worker.emitter import Emitter
 from tests.support.client import WsClient, of_task, queue_status_where
+from tests.support.http_probe import wait_for_bridge
 from tests.support.processes import start_server, start_worker
 from tests.support.tasks import submit, unique_avid
 from tests.support.tokens import SECRET, sign
@@ -179,6 +180,7 @@ def bridged_token_server(make_redis):
     redis = make_redis()
     child, port = start_server(redis.url, "--celery-events", name="types-server",
                                env={"NOTIFY_AUTH_SECRET": SECRET})
+    wait_for_bridge(port)
     yield redis.url, port
     child.stop()
 

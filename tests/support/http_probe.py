@@ -45,6 +45,16 @@ def wait_for_first_poll(port: int, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def wait_for_bridge(port: int, timeout: float = 30.0) -> None:
+    """Until /readyz says the Celery event bridge's helper consumes Celery's
+    events: tasks sent before that may not be bridged (events are fanned out
+    to the consumers bound at the time). A deadline poll, like the one above."""
+    deadline = time.monotonic() + timeout
+    while json.loads(get(port, "/readyz").body).get("celery_events") is not True:
+        assert time.monotonic() < deadline, f"server on {port}: no bridge within {timeout} s"
+        time.sleep(0.05)
+
+
 async def get_json(port: int, path: str, request_timeout: float = 20.0) -> Tuple[int, Any]:
     """GET `path`, whatever the status: (status, the JSON body)."""
     response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", raise_error=False,
