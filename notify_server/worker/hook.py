@@ -12,9 +12,10 @@ and, optionally, in a task body::
 
 import logging
 import os
+import sys
 from typing import Any, Callable, Optional, Sequence, Tuple
 
-from celery import Celery, current_task, signals
+from celery import Celery, Task, current_task, signals
 
 from notify_server.protocol import task_events as events
 from notify_server.protocol.names import (DEFAULT_HISTORY_MAXLEN, DEFAULT_OWNER_ARG, DEFAULT_PREFIX,
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 # A retried task's next attempt may start in another process at once: the
 # retrying attempt's events are written first, waiting at most this long.
 RETRY_FLUSH_TIMEOUT = 1.0
+
+# How far up the stack `before_task_publish` looks for the `Task.retry` sending it.
+RETRY_FRAME_DEPTH = 40
 
 # owner(args, kwargs) -> the task's owner, or None.
 OwnerFunction = Callable[[Any, Any], Optional[str]]
@@ -105,9 +109,14 @@ class Notifier:
     parent process. The emitter makes its Redis client and writer thread per
     process, so both work; a child that exits writes what it holds first
     (`worker_process_shutdown`). No handler raises, and none waits for Redis
-    but `task_retry`'s (a retry is rare, and its next attempt may start in
+    but a retry's (a retry is rare, and its next attempt may start in
     another process at once: the retrying attempt's events go first, within
     RETRY_FLUSH_TIMEOUT): emitting must never fail or slow a task.
+
+    Celery sends a retry's next attempt before its `task_retry` signal, so
+    `task_retrying` is written from `before_task_publish` of that message,
+    before it is sent; `task_retry` then finds it written (the transition is
+    once-only) and is the fallback for a retry sent some other way.
 
     Every event of a task with an owner (see `install`) carries it as the
     top-level "owner" of the message, beside "type" and "data".
@@ -124,6 +133,7 @@ class Notifier:
         signals.task_success.connect(self._on_success, weak=False)
         signals.task_failure.connect(self._on_failure, weak=False)
         signals.task_retry.connect(self._on_retry, weak=False)
+        signals.before_task_publish.connect(self._on_before_publish, weak=False)
         signals.task_revoked.connect(self._on_revoked, weak=False)
         signals.worker_process_shutdown.connect(self._on_process_shutdown, weak=False)
 
@@ -191,6 +201,22 @@ class Notifier:
             # its task_started must not reach Redis before this attempt's events.
             self.emitter.flush(RETRY_FLUSH_TIMEOUT)
 
+    def _on_before_publish(self, sender=None, headers=None, **_):
+        """The running task's retry is about to be sent: its `task_retrying`
+        goes first, with the reason `task_retry` would give."""
+        task = self.app.current_worker_task
+        if task is None or not isinstance(headers, dict) or not self._mine(task):
+            return
+        request = task.request
+        if headers.get("id") != request.id or headers.get("retries") != _attempt(request) + 1:
+            return
+        retry = _retry_being_sent()
+        if retry is None:  # not sent by Task.retry: left to task_retry
+            return
+        self._emit(events.task_retrying, request.id, request.args, request.kwargs,
+                   events.safe_text(retry), **_lifecycle(task, request))
+        self.emitter.flush(RETRY_FLUSH_TIMEOUT)
+
     def _on_process_shutdown(self, **_):
         """A pool child is leaving (max-tasks-per-child, a warm shutdown, a
         scale-down): write what its emitter holds, within its exit bound.
@@ -203,6 +229,22 @@ class Notifier:
             self._emit(events.task_revoked, request.id, request.args, request.kwargs,
                        events.revoked_text(expired, terminated, signum),
                        **_lifecycle(sender, request))
+
+
+def _retry_being_sent() -> Any:
+    """The `Retry` that the `Task.retry` up this thread's stack raises once
+    the message being published is sent, or None when no `Task.retry` is
+    sending it (it builds the `Retry`, the reason `task_retry` reports,
+    before it sends)."""
+    code = Task.retry.__code__
+    frame = sys._getframe(1)
+    for _ in range(RETRY_FRAME_DEPTH):
+        if frame is None:
+            return None
+        if frame.f_code is code:
+            return frame.f_locals.get("ret")
+        frame = frame.f_back
+    return None
 
 
 def _lifecycle(task: Any, request: Any) -> dict:

@@ -163,6 +163,30 @@ async def test_the_hooks_records_show_success_failure_retries_progress_and_revok
     client.close()
 
 
+async def test_a_retry_overtaken_by_its_next_attempt_keeps_its_events_in_order(hooked):
+    """Celery sends a retry's next attempt before its `task_retry` signal; here
+    the next attempt starts (in the other pool process) and writes its
+    `task_started` before that signal. The hook writes `task_retrying` before
+    the retry is sent, so a client still sees the attempts in order."""
+    url, port, producer, hostname = hooked
+    client = await WsClient.connect(port)
+    await client.wait_for(lambda m: m["type"] == "queue_status")
+    avid = unique_avid("OVERTAKEN")
+    task_id = producer.send_task("hooked.overtaken", args=[avid]).id
+    await finished(client, task_id, "task_completed")
+    live = [m["type"] for m in client.received if of_task(task_id)(m)]
+    assert live == ["task_started", "task_retrying", "task_started", "task_completed"]
+    retrying = next(m for m in client.received
+                    if of_task(task_id)(m) and m["type"] == "task_retrying")
+    assert retrying["data"]["message"] == (
+        f"Retry in 0s: RuntimeError('first attempt of {avid}')")
+    check_record(await both_views(port, client, task_id), history_of(url, task_id),
+                 task_id=task_id, avid=avid, worker=hostname, name="hooked.overtaken",
+                 status="success", message=f"done {avid}", retries=1,
+                 types=["task_started", "task_retrying", "task_started", "task_completed"])
+    client.close()
+
+
 async def test_the_bridges_records_show_success_failure_retries_progress_and_revoke(bridged):
     url, port, producer, hostname = bridged
     # The bridge writes once its server holds the lease and its helper consumes

@@ -10,7 +10,7 @@ import os
 import time
 
 import redis
-from celery import Celery
+from celery import Celery, Task
 
 from notify_server.worker import install
 
@@ -42,6 +42,35 @@ def flaky(self, avid, failures=2, user_id=None):
         raise self.retry(exc=RuntimeError(f"attempt {self.request.retries} of {avid}"),
                          countdown=0.05, max_retries=failures)
     return f"done {avid} after {self.request.retries} retries"
+
+
+class WaitsForNextAttempt(Task):
+    """A task whose `on_retry` (run before Celery sends `task_retry`) returns
+    only once the next attempt, already sent, has started in another pool
+    process and written its `task_started`."""
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        wait_for_key(overtaken_key(args[0]), args[0])
+
+
+def overtaken_key(avid: str) -> str:
+    return f"hooked:overtaken:{avid}"
+
+
+@app.task(name="hooked.overtaken", bind=True, base=WaitsForNextAttempt)
+def overtaken(self, avid, user_id=None):
+    """Retried once; the retry's attempt starts before the first attempt's
+    `task_retry` signal (needs two pool processes)."""
+    if self.request.retries == 0:
+        raise self.retry(exc=RuntimeError(f"first attempt of {avid}"), countdown=0,
+                         max_retries=1)
+    notifier.emitter.flush(5.0)  # this attempt's task_started is in Redis
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.set(overtaken_key(avid), 1, ex=60)
+    finally:
+        client.close()
+    return f"done {avid}"
 
 
 @app.task(name="hooked.steps")
