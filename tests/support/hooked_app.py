@@ -1,9 +1,10 @@
 """A Celery app with the worker hook (`install(app)`), for the task-record tests.
 
 `celery -A tests.support.hooked_app worker`: its broker is $REDIS_URL, and
-so is its events Redis unless $NOTIFY_REDIS_URL names another. Each task is one outcome a record must show: success, failure,
-two retries then success, progress reports, and one that waits for a Redis
-key the test sets (so a test decides when it finishes).
+so is its events Redis unless $NOTIFY_REDIS_URL names another. Each task
+is one outcome a record must show: success, failure, two retries then
+success, a retry overtaken by its next attempt, progress reports, and one
+that waits for a Redis key the test sets (so a test decides when it finishes).
 """
 
 import os
