@@ -115,8 +115,8 @@ class Notifier:
 
     Celery sends a retry's next attempt before its `task_retry` signal, so
     `task_retrying` is written from `before_task_publish` of that message,
-    before it is sent; `task_retry` then finds it written (the transition is
-    once-only) and is the fallback for a retry sent some other way.
+    before it is sent; `task_retry` then writes nothing for that attempt, and
+    is the fallback for a retry sent some other way.
 
     Every event of a task with an owner (see `install`) carries it as the
     top-level "owner" of the message, beside "type" and "data".
@@ -127,6 +127,9 @@ class Notifier:
         self.app, self.emitter, self._subject_arg = app, emitter, subject_arg
         self._owner_arg, self._owner_function = owner_arg, owner
         self._owner_errors_logged: set = set()
+        # (task id, attempt) of retries whose task_retrying went out before the
+        # retry was sent; task_retry takes its entry out and writes nothing.
+        self._retrying_written: set = set()
 
     def connect(self) -> None:
         signals.task_prerun.connect(self._on_prerun, weak=False)
@@ -195,6 +198,11 @@ class Notifier:
 
     def _on_retry(self, sender=None, request=None, reason=None, **_):
         if self._mine(sender) and request is not None:
+            try:
+                self._retrying_written.remove((request.id, _attempt(request)))
+                return  # written before the retry was sent (_on_before_publish)
+            except KeyError:
+                pass
             self._emit(events.task_retrying, request.id, request.args, request.kwargs,
                        events.safe_text(reason), **_lifecycle(sender, request))
             # The next attempt, already sent, may start in another pool process:
@@ -215,6 +223,7 @@ class Notifier:
             return
         self._emit(events.task_retrying, request.id, request.args, request.kwargs,
                    events.safe_text(retry), **_lifecycle(task, request))
+        self._retrying_written.add((request.id, _attempt(request)))
         self.emitter.flush(RETRY_FLUSH_TIMEOUT)
 
     def _on_process_shutdown(self, **_):
