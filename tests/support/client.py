@@ -54,6 +54,16 @@ class WsClient:
             if predicate(message):
                 return message
 
+    async def seen_or_wait_for(self, predicate: Callable[[dict], bool],
+                               timeout: float = 20.0) -> dict:
+        """The first message already received that satisfies `predicate`, or
+        the next one to arrive: for a message that may have come while the
+        test was waiting for another."""
+        for message in self.received:
+            if predicate(message):
+                return message
+        return await self.wait_for(predicate, timeout)
+
     async def wait_closed(self, timeout: float = 20.0) -> int:
         """Read until the server closes the socket; returns the close code."""
         loop = asyncio.get_running_loop()
