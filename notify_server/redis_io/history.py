@@ -51,8 +51,9 @@ class History:
             self._on_invalid()
         return read
 
-    async def after(self, event_id: str) -> AsyncIterator[List[Event]]:
-        """Yield, in batches and stream order, every event after `event_id`.
+    async def after(self, event_id: str, count: int = BATCH) -> AsyncIterator[List[Event]]:
+        """Yield, in batches of up to `count` entries and stream order, every
+        event after `event_id`.
 
         Reads up to the end of the stream as it is when each batch is read, so
         events appended meanwhile are included. Entries that are not protocol
@@ -60,7 +61,7 @@ class History:
         """
         cursor = event_id
         while True:
-            entries = await self._redis.xrange(self._stream, f"({cursor}", "+", count=BATCH)
+            entries = await self._redis.xrange(self._stream, f"({cursor}", "+", count=count)
             if not entries:
                 return
             events = [event for event in map(_to_event, entries) if event is not None]
@@ -68,7 +69,7 @@ class History:
                 self._on_invalid()
             yield events
             cursor = _decode(entries[-1][0])
-            if len(entries) < BATCH:
+            if len(entries) < count:
                 return
 
 

@@ -18,8 +18,12 @@ log = logging.getLogger(__name__)
 # Replays read from the history at once; the others wait their turn (live
 # events are held meanwhile). redis-py's pool has 100 connections: a burst of
 # reconnects past that failed with MaxConnectionsError, and those clients got
-# `resync` although every event was still there.
-MAX_CONCURRENT_REPLAYS = 32
+# `resync` although every event was still there. With REPLAY_BATCH this bounds
+# the parsed history held at once by all replays to 800 entries: 32 replays of
+# 500 (up to about 11 MB) raised the peak that the process's RSS keeps
+# (bench/RESULTS-soak.md).
+MAX_CONCURRENT_REPLAYS = 8
+REPLAY_BATCH = 100
 
 
 class Resumer:
@@ -58,7 +62,7 @@ class Resumer:
                     self._send_resync(session, f"event {last_event_id} is not in the retained "
                                                "history; reload your state")
                     return
-                async for batch in self._history.after(last_event_id):
+                async for batch in self._history.after(last_event_id, REPLAY_BATCH):
                     session.replay(batch)
                     if batch:
                         replayed_up_to = batch[-1].id
